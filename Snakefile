@@ -1,0 +1,30 @@
+# msamil: MsaMIL-Net and its baselines, from raw slides to the paper's tables and figures.
+# Run: snakemake --cores 8 --use-conda   (see README.md)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/synthetic.smk"
+include: "rules/inspect.smk"
+include: "rules/tissue.smk"
+include: "rules/cache.smk"
+include: "rules/splits.smk"
+include: "rules/lesion.smk"
+include: "rules/train.smk"
+include: "rules/baselines.smk"
+include: "rules/aggregate.smk"
+include: "rules/datasets.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets,

@@ -1,0 +1,60 @@
+"""The timm patch backbone shared by MsaMIL-Net and every baseline, so all methods start from the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def create_backbone(model_cfg: dict[str, Any], seed: int | None = None) -> nn.Module:
+    """A timm model returning its last feature map (B, C, h, w); `num_features` gives C.
+
+    Weights: random (seeded) unless `pretrained` is true. Then `pretrained_path`, a local file, wins; without
+    it timm's own mechanism fetches the weights (on a user's machine with network; never in tests).
+    """
+    import timm
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    name = model_cfg["backbone"]
+    path = model_cfg.get("pretrained_path")
+    use_hub = bool(model_cfg.get("pretrained")) and not path
+    model = timm.create_model(name, pretrained=use_hub, num_classes=0, global_pool="")
+    if model_cfg.get("pretrained") and path:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if len(missing) > len(state) // 2:
+            raise ValueError(f"pretrained_path {path}: most backbone weights are missing ({len(missing)}); "
+                             f"is it a checkpoint of {name!r}?")
+    return model
+
+
+def to_input(imgs: np.ndarray | torch.Tensor, input_px: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 patches (N, P, P, 3) -> normalised float (N, 3, input_px, input_px) on `device`."""
+    x = torch.as_tensor(imgs).to(device)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != input_px or x.shape[-2] != input_px:
+        x = torch.nn.functional.interpolate(x, size=(input_px, input_px), mode="bilinear", antialias=True,
+                                            align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """auto -> CUDA when present, else CPU; `cuda` without a GPU is an error that says so."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if preference == "cuda":
+        raise RuntimeError("config device: cuda, but no CUDA device is visible; set device: auto or cpu")
+    return torch.device("cpu")

@@ -1,0 +1,1 @@
+# rules for the aggregate stage (see docs/CONTRACT.md)

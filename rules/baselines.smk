@@ -1,0 +1,1 @@
+# rules for the baselines stage (see docs/CONTRACT.md)

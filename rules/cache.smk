@@ -1,0 +1,1 @@
+# rules for the cache stage (see docs/CONTRACT.md)

@@ -1,0 +1,93 @@
+# Shared helpers: config validation, paths, the inspect checkpoint's slide list, final targets.
+import os
+
+import pandas as pd
+from snakemake.utils import validate
+
+
+validate(config, schema="../workflow/schemas/config.schema.yaml")
+
+for _ds in config["datasets"]:
+    if _ds not in config["dataset_config"]:
+        raise ValueError(
+            f"config key 'datasets' names {_ds!r}, which has no entry under 'dataset_config' "
+            f"(known: {sorted(config['dataset_config'])}); add one or use a preset (presets/paper.yaml)"
+        )
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+FOLDS = list(range(config.get("splits", {}).get("folds", 5)))
+METHODS = list(config["methods"])
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_]+",
+    slide="[^/]+",
+    fold="[0-9]+",
+    method="[A-Za-z0-9_]+",
+
+
+def usable_slides(dataset):
+    """Slides that passed inspection; evaluating this waits for the inspect checkpoint."""
+    table = checkpoints.inspect.get(dataset=dataset).output.slides
+    return pd.read_csv(table, sep="\t", dtype={"slide": str})["slide"].tolist()
+
+
+def per_slide(pattern):
+    """Input function expanding `pattern` over the usable slides of the job's dataset."""
+
+    def _inputs(wildcards):
+        return expand(pattern, dataset=wildcards.dataset, slide=usable_slides(wildcards.dataset))
+
+    return _inputs
+
+
+def dataset_targets(dataset):
+    """Everything `all` builds for one dataset, stage by stage (stages extend this as they land)."""
+    slides = usable_slides(dataset)
+    targets = [f"{RESULTS}/{dataset}/slides.tsv"]
+    targets += expand(f"{RESULTS}/{dataset}/tissue/{{slide}}.png", slide=slides)
+    targets += expand(f"{RESULTS}/{dataset}/cache/{{slide}}.h5", slide=slides)
+    return targets
+
+
+def final_targets(wildcards):
+    targets = []
+    for dataset in config["datasets"]:
+        targets += dataset_targets(dataset)
+    return targets
+
+
+def dataset_cfg(dataset):
+    return config["dataset_config"][dataset]
+
+
+def raw_table(dataset):
+    """The source table every dataset provides: slide, patient, label, path, annotation, mpp."""
+    return f"{RESULTS}/{dataset}/raw/table.tsv"
+
+
+def raw_slide_inputs(wildcards):
+    """Files the inspect checkpoint needs for a dataset: its source table and every slide file in it."""
+    if dataset_cfg(wildcards.dataset)["source"] == "synthetic":
+        return synthetic_raw_inputs(wildcards.dataset)
+    return external_raw_inputs(wildcards.dataset)
+
+
+def methods_of_kind(*kinds):
+    return [m for m, spec in config["methods"].items() if spec["kind"] in kinds]
+
+
+def method_regex(*kinds):
+    """A wildcard constraint matching exactly the methods of the given kinds (never empty)."""
+    names = methods_of_kind(*kinds)
+    return "|".join(names) if names else "(?!x)x"
+
+
+def log_path(rule_name, *parts):
+    return "/".join([LOGS, rule_name, *parts]) + ".log"
+
+
+def bench_path(rule_name, *parts):
+    return "/".join([BENCH, rule_name, *parts]) + ".tsv"

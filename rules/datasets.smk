@@ -1,0 +1,1 @@
+# rules for the datasets stage (see docs/CONTRACT.md)

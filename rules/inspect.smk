@@ -1,0 +1,1 @@
+# rules for the inspect stage (see docs/CONTRACT.md)

@@ -1,0 +1,1 @@
+# rules for the lesion stage (see docs/CONTRACT.md)

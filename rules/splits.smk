@@ -1,0 +1,1 @@
+# rules for the splits stage (see docs/CONTRACT.md)

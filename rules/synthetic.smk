@@ -1,0 +1,1 @@
+# rules for the synthetic stage (see docs/CONTRACT.md)

@@ -1,0 +1,1 @@
+# rules for the tissue stage (see docs/CONTRACT.md)
