@@ -1,11 +1,13 @@
 # msamil: MsaMIL-Net and its baselines, from raw slides to the paper's tables and figures.
 # Run: snakemake --cores 8 --use-conda   (see README.md)
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -1,0 +1,39 @@
+"""A wrong config fails at start-up, before any job runs, and the message names the offending key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.workflow_helpers import snakemake, write_config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "drop", "expected"),
+    [
+        ({"synthetic": {"n_slides": "many"}}, (), "n_slides"),
+        ({"synthetic": {"width": -4096}}, (), "width"),
+        ({"patch_px": -64}, (), "patch_px"),
+        ({"datasets": ["tcga_brca"]}, (), "datasets"),
+        ({"tissue": {"treshold": 20}}, (), "treshold"),
+        ({"methods": {"msamil": {"kind": "transmil"}}}, (), "kind"),
+        ({"splits": {"folds": 1}}, (), "folds"),
+    ],
+    ids=["wrong-type", "negative-size", "negative-patch", "unknown-dataset", "unknown-key", "unknown-kind",
+         "one-fold"],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, drop, expected):
+    config = write_config(tmp_path, overrides, drop)
+    proc = snakemake(tmp_path, config, "-n", "--cores", "1")
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Error validating config" in output
+    assert expected in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_dataset_without_definition_is_named(tmp_path):
+    config = write_config(tmp_path, {"datasets": ["bcnb"], "dataset_config": {}})
+    proc = snakemake(tmp_path, config, "-n", "--cores", "1")
+    assert proc.returncode != 0
+    assert "'bcnb'" in proc.stdout + proc.stderr
+    assert "dataset_config" in proc.stdout + proc.stderr
