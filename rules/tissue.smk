@@ -1,1 +1,36 @@
-# rules for the tissue stage (see docs/CONTRACT.md)
+# Tissue segmentation, one job per usable slide: mask PNG at tissue.seg_mpp, contours (GeoJSON), QC overlay.
+
+
+def slide_file(wildcards):
+    """The slide's own file (from slides.tsv), so a replaced slide re-runs its tissue job."""
+    table = pd.read_csv(
+        checkpoints.inspect.get(dataset=wildcards.dataset).output.slides,
+        sep="\t",
+        dtype={"slide": str},
+    )
+    paths = table.loc[table["slide"] == wildcards.slide, "path"].tolist()
+    return paths[:1]
+
+
+rule tissue:
+    input:
+        slides=lambda wc: checkpoints.inspect.get(dataset=wc.dataset).output.slides,
+        slide=slide_file,
+    output:
+        mask=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.png",
+        geojson=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.geojson",
+        qc=f"{RESULTS}/{{dataset}}/tissue_qc/{{slide}}.png",
+    log:
+        log_path("tissue", "{dataset}", "{slide}"),
+    benchmark:
+        bench_path("tissue", "{dataset}", "{slide}")
+    conda:
+        "../envs/slide.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        tissue=config.get("tissue", {}),
+    script:
+        "../workflow/scripts/tissue.py"

@@ -1,0 +1,114 @@
+"""msamil.tissue: known blobs are found, physical settings give the same mask at any MPP, borders, empty slides."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import slide_fixtures as sf
+
+from msamil.tissue import mask_to_geojson, run_tissue, saturation_threshold, tissue_mask
+
+CFG = {"median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0, "min_tissue_area_um2": 5000.0,
+       "min_hole_area_um2": 2000.0}
+W_UM, H_UM = 768.0, 512.0
+BLOBS = [(0.0, 256.0, 120.0), (480.0, 220.0, 100.0), (700.0, 460.0, 25.0)]  # left one crosses the border
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_known_blobs_found():
+    mpp = 4.0
+    truth = sf.blob_mask(W_UM, H_UM, mpp, BLOBS)
+    mask = tissue_mask(sf.paint(truth), mpp, **CFG)
+    assert mask.shape == truth.shape
+    assert iou(mask, truth) > 0.93
+
+
+def test_small_specks_removed_and_holes_handled():
+    mpp = 4.0
+    truth = sf.blob_mask(W_UM, H_UM, mpp, [(400.0, 256.0, 200.0)])
+    speck = sf.blob_mask(W_UM, H_UM, mpp, [(60.0, 60.0, 20.0)])  # 1257 µm² < 5000: dropped
+    small_hole = sf.blob_mask(W_UM, H_UM, mpp, [(320.0, 256.0, 12.0)])  # ~450 µm² < 2000: filled
+    big_hole = sf.blob_mask(W_UM, H_UM, mpp, [(480.0, 256.0, 40.0)])  # ~5000 µm² >= 2000: kept
+    mask = tissue_mask(sf.paint((truth | speck) & ~small_hole & ~big_hole), mpp, **{**CFG, "close_um": 0.0})
+    assert not mask[15, 15]
+    assert mask[64, 80]  # the small hole's centre (320, 256 µm) is tissue again
+    assert not mask[64, 120]  # the big hole's centre stays empty
+
+
+def test_same_physical_result_at_two_mpps():
+    """One µm-based setting: the mask at 2 µm/px, brought to 4 µm/px, matches the mask made at 4 µm/px."""
+    fine = tissue_mask(sf.paint(sf.blob_mask(W_UM, H_UM, 2.0, BLOBS), seed=1), 2.0, **CFG)
+    coarse = tissue_mask(sf.paint(sf.blob_mask(W_UM, H_UM, 4.0, BLOBS), seed=2), 4.0, **CFG)
+    fine_at_coarse = cv2.resize(fine.astype(np.float32), coarse.shape[::-1], interpolation=cv2.INTER_AREA) >= 0.5
+    assert iou(fine_at_coarse, coarse) > 0.95
+    assert fine.mean() == pytest.approx(coarse.mean(), abs=0.01)
+
+
+def test_tissue_touching_the_border_is_kept():
+    mpp = 4.0
+    truth = sf.blob_mask(W_UM, H_UM, mpp, BLOBS)
+    mask = tissue_mask(sf.paint(truth), mpp, **CFG)
+    assert mask[:, 0].sum() >= 0.8 * truth[:, 0].sum() > 0
+    assert not mask[0, :5].any() and not mask[-1, :5].any()  # background at the border is not a 'hole' to fill
+
+
+def test_empty_slide_gives_empty_mask():
+    empty = sf.paint(np.zeros((128, 192), dtype=bool), seed=5)
+    assert not tissue_mask(empty, 4.0, **CFG).any()
+    white = np.full((64, 64, 3), 255, dtype=np.uint8)
+    assert not tissue_mask(white, 4.0, **CFG).any()
+
+
+def test_threshold_floor_and_fixed():
+    noise = np.clip(np.random.default_rng(0).normal(8, 3, (64, 64)), 0, 255).astype(np.uint8)
+    assert saturation_threshold(noise, "otsu") >= 20
+    assert saturation_threshold(noise, 42) == 42
+    with pytest.raises(ValueError):
+        saturation_threshold(noise, "triangle")
+
+
+def test_geojson_level0_coordinates():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:15, 10:30] = True
+    mask[20:35, 40:55] = True
+    mask[25:28, 45:48] = False  # a hole
+    geo = mask_to_geojson(mask, 16.0)
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 2
+    polys = [f["geometry"]["coordinates"] for f in geo["features"]]
+    assert sorted(len(p) for p in polys) == [1, 2]
+    xs = [pt[0] for p in polys for ring in p for pt in ring]
+    assert min(xs) >= 10 * 16 and max(xs) <= 55 * 16
+    assert all(ring[0] == ring[-1] for p in polys for ring in p)
+
+
+def test_run_tissue_same_mask_at_025_and_05(tmp_path):
+    """The same tissue scanned at 40x and 20x yields masks of identical size that agree."""
+    cfg = {**CFG, "seg_mpp": 4.0}
+    blobs = [(0.0, 192.0, 100.0), (340.0, 170.0, 80.0), (480.0, 360.0, 20.0)]  # the last one is too small
+    masks = {}
+    for mpp in (0.25, 0.5):
+        rgb = sf.tissue_image(512.0, 384.0, mpp, blobs=blobs, seed=3)
+        path = sf.write_aperio(tmp_path / f"s{mpp}.svs", rgb, mpp, tile=256)
+        out = {k: tmp_path / f"{mpp}{k}" for k in (".png", ".geojson", "_qc.png")}
+        masks[mpp] = run_tissue(path, f"s{mpp}", mpp, out[".png"], out[".geojson"], out["_qc.png"], cfg)
+        png = cv2.imread(str(out[".png"]), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
+        assert png.shape == (96, 128)  # ceil(H*mpp/seg_mpp) x ceil(W*mpp/seg_mpp)
+        np.testing.assert_array_equal(png > 0, masks[mpp])
+        assert len(json.loads(out[".geojson"].read_text())["features"]) == 2
+        assert cv2.imread(str(out["_qc.png"])).shape[2] == 3
+    assert iou(masks[0.25], masks[0.5]) > 0.97
+
+
+def test_run_tissue_empty_slide(tmp_path):
+    path = sf.write_background(tmp_path / "bg.svs", 512, 384, 0.5)
+    out = [tmp_path / n for n in ("m.png", "m.geojson", "m_qc.png")]
+    mask = run_tissue(path, "bg", 0.5, *out, {**CFG, "seg_mpp": 4.0})
+    assert not mask.any() and mask.shape == (48, 64)
+    assert json.loads(out[1].read_text())["features"] == []
