@@ -1,8 +1,12 @@
 # msamil: MsaMIL-Net and its baselines, from raw slides to the paper's tables and figures.
 # Run: snakemake --cores 8 --use-conda   (see README.md)
 import os
+import sys
 
 from snakemake.utils import min_version
+
+# The msamil package sits next to this Snakefile: importable even where Snakemake runs outside .venv.
+sys.path.insert(0, workflow.basedir)
 
 min_version("9.0")
 

@@ -56,7 +56,7 @@ def final_targets(wildcards):
     targets = []
     for dataset in config["datasets"]:
         targets += dataset_targets(dataset)
-    return targets
+    return targets + aggregate_targets()
 
 
 def dataset_cfg(dataset):

@@ -1,0 +1,13 @@
+"""Rule `attention_heatmaps`: MsaMIL-Net attention per scale on held-out slides (msamil.figures.heatmaps)."""
+
+from pathlib import Path
+
+from msamil.figures.heatmaps import attention_figure
+from msamil.runlog import log_to
+
+RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
+
+with log_to(snakemake.log[0]):
+    attention_figure(RESULTS, snakemake.wildcards.dataset, snakemake.params.slides,
+                     snakemake.params.folds, snakemake.output.png, snakemake.output.pdf,
+                     method=snakemake.params.method, scales=snakemake.params.scales)

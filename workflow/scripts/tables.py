@@ -1,0 +1,13 @@
+"""Rule `tables`: main results, ablation, efficiency and SFFM tables (msamil.tables.build_tables)."""
+
+from pathlib import Path
+
+from msamil.runlog import log_to
+from msamil.tables import build_tables
+
+RESULTS = Path(snakemake.output.main_results_tsv).parents[1]  # outputs lie one level below the results root
+
+with log_to(snakemake.log[0]):
+    build_tables(RESULTS, snakemake.params.datasets, snakemake.params.methods,
+                 snakemake.params.folds, Path(snakemake.output.main_results_tsv).parent,
+                 scales=snakemake.params.scales)
