@@ -7,6 +7,10 @@ from snakemake.utils import min_version
 
 # The msamil package sits next to this Snakefile: importable even where Snakemake runs outside .venv.
 sys.path.insert(0, workflow.basedir)
+# Rule scripts import msamil from this checkout too, whichever conda env (or cluster node) runs them.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
+)
 
 min_version("9.0")
 
@@ -33,4 +37,5 @@ include: "rules/datasets.smk"
 rule all:
     default_target: True
     input:
+        expand("results/{dataset}/slides.tsv", dataset=config["datasets"]),
         final_targets,

@@ -86,8 +86,8 @@ def method_regex(*kinds):
 
 
 def log_path(rule_name, *parts):
-    return "/".join([LOGS, rule_name, *parts]) + ".log"
+    return os.path.join(LOGS, rule_name, *parts) + ".log"
 
 
 def bench_path(rule_name, *parts):
-    return "/".join([BENCH, rule_name, *parts]) + ".tsv"
+    return os.path.join(BENCH, rule_name, *parts) + ".tsv"
