@@ -49,6 +49,11 @@ def dataset_targets(dataset):
     targets = [f"{RESULTS}/{dataset}/slides.tsv"]
     targets += expand(f"{RESULTS}/{dataset}/tissue/{{slide}}.png", slide=slides)
     targets += expand(f"{RESULTS}/{dataset}/cache/{{slide}}.h5", slide=slides)
+    targets.append(f"{RESULTS}/{dataset}/splits/folds.tsv")
+    targets += expand(f"{RESULTS}/{dataset}/lesion/fold{{fold}}/selection_summary.tsv", fold=FOLDS)
+    targets += expand(
+        f"{RESULTS}/{dataset}/runs/{{method}}/fold{{fold}}/metrics.json", method=METHODS, fold=FOLDS
+    )
     return targets
 
 

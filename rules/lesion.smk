@@ -1,1 +1,94 @@
-# rules for the lesion stage (see docs/CONTRACT.md)
+# rules for the lesion stage (see docs/CONTRACT.md): per-fold U-Net++ lesion segmentation and SFFM selection.
+
+LESION = config.get("lesion", {})
+LESION_DIR = f"{RESULTS}/{{dataset}}/lesion/fold{{fold}}"
+
+
+def lesion_slide_files(wildcards):
+    """Slide files and annotation files of the usable slides (segmentation reads them directly)."""
+    table = pd.read_csv(
+        checkpoints.inspect.get(dataset=wildcards.dataset).output.slides,
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+    )
+    files = table["path"].tolist()
+    if "annotation" in table:
+        files += [a for a in table["annotation"] if a.strip()]
+    return files
+
+
+rule lesion_train:
+    input:
+        slides=inspected_slides,
+        folds=f"{RESULTS}/{{dataset}}/splits/folds.tsv",
+        files=lesion_slide_files,
+    output:
+        model=f"{LESION_DIR}/unetpp.pt",
+        history=f"{LESION_DIR}/history.tsv",
+    log:
+        log_path("lesion_train", "{dataset}", "fold{fold}"),
+    benchmark:
+        bench_path("lesion_train", "{dataset}", "fold{fold}")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    params:
+        lesion=LESION,
+        seed=config["seed"],
+        device=config.get("device", "auto"),
+    script:
+        "../workflow/scripts/lesion_train.py"
+
+
+rule lesion_infer:
+    input:
+        slides=inspected_slides,
+        model=f"{LESION_DIR}/unetpp.pt",
+        files=lesion_slide_files,
+    output:
+        probmaps=f"{LESION_DIR}/probmaps.h5",
+    log:
+        log_path("lesion_infer", "{dataset}", "fold{fold}"),
+    benchmark:
+        bench_path("lesion_infer", "{dataset}", "fold{fold}")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        device=config.get("device", "auto"),
+    script:
+        "../workflow/scripts/lesion_infer.py"
+
+
+rule sffm:
+    input:
+        probmaps=f"{LESION_DIR}/probmaps.h5",
+        caches=per_slide(f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5"),
+    output:
+        selection=f"{LESION_DIR}/selection.h5",
+        summary=f"{LESION_DIR}/selection_summary.tsv",
+    log:
+        log_path("sffm", "{dataset}", "fold{fold}"),
+    benchmark:
+        bench_path("sffm", "{dataset}", "fold{fold}")
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        prob_threshold=LESION.get("prob_threshold", 0.5),
+        lesion_min=LESION.get("lesion_min", 0.7),
+        fallback_k=LESION.get("fallback_k", 8),
+    script:
+        "../workflow/scripts/sffm.py"

@@ -1,0 +1,13 @@
+"""Rule `lesion_infer`: a lesion probability map of every usable slide with one fold's segmenter."""
+
+from msamil.lesion import run_lesion_infer
+from msamil.runlog import log_to
+
+with log_to(snakemake.log[0]):
+    run_lesion_infer(
+        snakemake.input.slides,
+        snakemake.input.model,
+        snakemake.output.probmaps,
+        device=snakemake.params.device,
+        threads=snakemake.threads,
+    )

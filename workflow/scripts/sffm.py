@@ -1,0 +1,15 @@
+"""Rule `sffm`: per slide and scale, the cache patches whose footprint is mostly lesion (msamil.sffm)."""
+
+from msamil.runlog import log_to
+from msamil.sffm import run_sffm
+
+with log_to(snakemake.log[0]):
+    run_sffm(
+        snakemake.input.probmaps,
+        list(snakemake.input.caches),
+        snakemake.output.selection,
+        snakemake.output.summary,
+        prob_threshold=float(snakemake.params.prob_threshold),
+        lesion_min=float(snakemake.params.lesion_min),
+        fallback_k=int(snakemake.params.fallback_k),
+    )
