@@ -1,0 +1,182 @@
+"""Frozen-backbone features of every tissue 20x patch of a slide: the first stage of the two-stage baselines.
+
+The backbone is `msamil.backbone.create_backbone` with the config seed, i.e. the very initialisation MsaMIL-Net
+starts from, and its feature map is global-average-pooled. Feature files follow CLAM's layout (`features` (N, C)
+float32, `coords` (N, 2) int64 with attrs `patch_level`, `patch_size`) so CLAM-based tools read them unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from msamil.atomic import atomic_path
+from msamil.backbone import create_backbone, select_device, to_input
+
+log = logging.getLogger(__name__)
+
+SCALE = "20x"
+
+
+@dataclass
+class SlideFeatures:
+    """One slide's patch embeddings with the level-0 coordinates of the patches they came from."""
+
+    features: np.ndarray  # (N, C) float32
+    coords: np.ndarray  # (N, 2) int64, level-0 top-left (x, y)
+    patch_size_level0: int = 0
+
+
+@dataclass
+class Throughput:
+    """Wall time and patch count of one phase, for efficiency.json."""
+
+    patches: int = 0
+    wall_s: float = 0.0
+
+    def add(self, patches: int, wall_s: float) -> None:
+        self.patches += int(patches)
+        self.wall_s += float(wall_s)
+
+    def as_dict(self) -> dict[str, float]:
+        rate = self.patches / self.wall_s if self.wall_s > 0 else float("nan")
+        return {"patches": self.patches, "wall_s": round(self.wall_s, 3), "patches_per_s": round(rate, 2)}
+
+
+def pool_features(out: torch.Tensor) -> torch.Tensor:
+    """Global average pool of a backbone output: (B, C, h, w) map or (B, T, C) tokens -> (B, C)."""
+    if out.ndim == 4:
+        return out.mean(dim=(-2, -1))
+    if out.ndim == 3:
+        return out.mean(dim=1)
+    return out
+
+
+class PooledBackbone(nn.Module):
+    """backbone + global average pooling, so DINO and ICMIL train exactly the embedder that ABMIL consumes."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = int(getattr(backbone, "num_features", 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_features(self.backbone(x))
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA only: CPU bf16 is slow on most CPUs and the demo runs there."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_images(embedder: nn.Module, imgs: np.ndarray, *, input_px: int,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+    """uint8 patches (n, P, P, 3) -> pooled float32 embeddings (n, C); eval mode, no gradients."""
+    device = torch.device(device)
+    embedder.eval()
+    with autocast(device):
+        out = pool_features(embedder(to_input(imgs, input_px, device)))
+    return out.float().cpu().numpy()
+
+
+def _patch_size_level0(cache_path: str | Path) -> int:
+    with h5py.File(cache_path, "r") as f:
+        return int(f[SCALE].attrs.get("patch_size_level0", 0))
+
+
+def iter_slide_chunks(cache_path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(imgs, coords) in chunks over all tissue 20x patches of a cached slide, in cache order."""
+    from msamil.data import BagReader
+
+    reader = BagReader(cache_path, scales=[SCALE])
+    for bag in reader.chunks(chunk):
+        yield bag.imgs, bag.coords
+    close = getattr(reader, "close", None)
+    if callable(close):
+        close()
+
+
+def extract_slide(embedder: nn.Module, cache_path: str | Path, *, input_px: int, chunk: int = 64,
+                  device: torch.device | str = "cpu", throughput: Throughput | None = None) -> SlideFeatures:
+    """Embed every tissue 20x patch of one slide, chunk by chunk so memory stays bounded by `chunk`."""
+    device = torch.device(device)
+    feats, coords = [], []
+    start = time.perf_counter()
+    n = 0
+    for imgs, xy in iter_slide_chunks(cache_path, chunk):
+        feats.append(embed_images(embedder, imgs, input_px=input_px, device=device))
+        coords.append(np.asarray(xy, dtype=np.int64))
+        n += len(imgs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    if throughput is not None:
+        throughput.add(n, time.perf_counter() - start)
+    dim = int(getattr(embedder, "num_features", 0))
+    return SlideFeatures(
+        features=np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32),
+        coords=np.concatenate(coords) if coords else np.zeros((0, 2), np.int64),
+        patch_size_level0=_patch_size_level0(cache_path),
+    )
+
+
+def extract_slides(embedder: nn.Module, cache_paths: Mapping[str, str | Path], *, input_px: int,
+                   chunk: int = 64, device: torch.device | str = "cpu",
+                   throughput: Throughput | None = None) -> dict[str, SlideFeatures]:
+    """Features of several slides (in memory), with a progress bar over slides."""
+    out = {}
+    for slide, path in tqdm(cache_paths.items(), desc="features", unit="slide"):
+        out[slide] = extract_slide(embedder, path, input_px=input_px, chunk=chunk, device=device,
+                                   throughput=throughput)
+    return out
+
+
+def write_feature_file(path: str | Path, slide: str, feats: SlideFeatures, **attrs: Any) -> None:
+    """CLAM-layout h5 written atomically; `complete=True` is set last, then the file is renamed into place."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=feats.features.astype(np.float32))
+        dset = f.create_dataset("coords", data=feats.coords.astype(np.int64))
+        dset.attrs["patch_level"] = 0
+        dset.attrs["patch_size"] = int(feats.patch_size_level0)
+        dset.attrs["patch_size_level0"] = int(feats.patch_size_level0)
+        f.attrs["slide"] = slide
+        for key, value in attrs.items():
+            f.attrs[key] = "" if value is None else value
+        f.attrs["complete"] = True
+
+
+def read_feature_file(path: str | Path) -> SlideFeatures:
+    """Load a feature file, refusing one that was never finished."""
+    with h5py.File(path, "r") as f:
+        if not f.attrs.get("complete", False):
+            raise ValueError(f"feature file {path} is incomplete; delete it and rerun the features rule")
+        return SlideFeatures(features=f["features"][:], coords=f["coords"][:],
+                             patch_size_level0=int(f["coords"].attrs.get("patch_size", 0)))
+
+
+def extract_features_job(cache_path: str | Path, out_path: str | Path, *, slide: str,
+                         model_cfg: Mapping[str, Any], seed: int, chunk: int = 64,
+                         device: str = "auto") -> None:
+    """Rule `features`: the seeded frozen backbone (MsaMIL-Net's initialisation) over one slide's 20x patches."""
+    torch_device = select_device(device)
+    embedder = PooledBackbone(create_backbone(dict(model_cfg), seed=seed)).to(torch_device).eval()
+    tp = Throughput()
+    feats = extract_slide(embedder, cache_path, input_px=int(model_cfg["input_px"]), chunk=chunk,
+                          device=torch_device, throughput=tp)
+    write_feature_file(out_path, slide, feats, backbone=str(model_cfg["backbone"]), seed=int(seed),
+                       input_px=int(model_cfg["input_px"]), **{f"extract_{k}": v for k, v in tp.as_dict().items()})
+    log.info("slide %s: %d patches -> %s features (%s)", slide, len(feats.features), feats.features.shape,
+             tp.as_dict())
