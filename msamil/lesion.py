@@ -48,11 +48,17 @@ class SegSample:
 
 
 # --------------------------------------------------------------------------------------------------- model
-def build_model(encoder: str, encoder_weights: str | None = None) -> nn.Module:
-    """U-Net++ with one output channel; never downloads: weights only from a local file."""
+def build_model(encoder: str, encoder_weights: str | None = None, encoder_depth: int = 5,
+                decoder_channels: tuple[int, ...] | None = None) -> nn.Module:
+    """U-Net++ with one output channel; never downloads: weights only from a local file.
+
+    `encoder_depth` and `decoder_channels` shrink the net for CPU demos (smp's defaults: 5 and 256..16).
+    """
     import segmentation_models_pytorch as smp
 
-    model = smp.UnetPlusPlus(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
+    decoder = tuple(decoder_channels) if decoder_channels else (256, 128, 64, 32, 16)[:encoder_depth]
+    model = smp.UnetPlusPlus(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1,
+                             encoder_depth=encoder_depth, decoder_channels=decoder)
     if encoder_weights:
         path = Path(encoder_weights)
         if not path.is_file():
@@ -75,7 +81,8 @@ def build_model(encoder: str, encoder_weights: str | None = None) -> nn.Module:
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Load `unetpp.pt`: the model in eval mode on `device` and the checkpoint's metadata."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(ckpt["encoder"])
+    model = build_model(ckpt["encoder"], encoder_depth=ckpt.get("encoder_depth", 5),
+                        decoder_channels=ckpt.get("decoder_channels"))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
@@ -226,7 +233,9 @@ def train_unetpp(train: list[SegSample], val: list[SegSample], cfg: dict[str, An
     threshold = float(cfg.get("prob_threshold", 0.5))
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, fold])
-    model = build_model(cfg.get("encoder", "resnet18"), cfg.get("encoder_weights")).to(device)
+    model = build_model(cfg.get("encoder", "resnet18"), cfg.get("encoder_weights"),
+                        encoder_depth=int(cfg.get("encoder_depth", 5)),
+                        decoder_channels=cfg.get("decoder_channels")).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg.get("lr", 1e-3)))
     batch = int(cfg.get("batch_size", 8))
     epochs = int(cfg.get("epochs", 10))
@@ -268,6 +277,7 @@ def _save(model: nn.Module, path: str | Path, cfg: dict[str, Any], tile: int, fo
           val_iou: float) -> None:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt = {"state_dict": state, "encoder": cfg.get("encoder", "resnet18"), "tile_px": tile,
+            "encoder_depth": int(cfg.get("encoder_depth", 5)), "decoder_channels": cfg.get("decoder_channels"),
             "seg_mpp": float(cfg.get("seg_mpp", 8.0)), "prob_threshold": float(cfg.get("prob_threshold", 0.5)),
             "fold": fold, "epoch": epoch, "val_iou": val_iou}
     with atomic_path(path) as tmp:
