@@ -1,0 +1,19 @@
+"""Rule `train`: one MsaMIL-Net run (dataset x method x fold), see msamil.train.run_training."""
+
+from msamil.runlog import log_to
+from msamil.train import run_training
+
+with log_to(snakemake.log[0]):
+    selection = getattr(snakemake.input, "selection", None)
+    run_training(
+        dict(snakemake.params.config),
+        snakemake.wildcards.dataset,
+        snakemake.wildcards.method,
+        int(snakemake.wildcards.fold),
+        slides_tsv=snakemake.input.slides,
+        folds_tsv=snakemake.input.folds,
+        caches=list(snakemake.input.caches),
+        selection=selection if selection else None,
+        out_dir=snakemake.params.run_dir,
+        threads=snakemake.threads,
+    )
