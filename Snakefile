@@ -8,8 +8,10 @@ from snakemake.utils import min_version
 # The msamil package sits next to this Snakefile: importable even where Snakemake runs outside .venv.
 sys.path.insert(0, workflow.basedir)
 # Rule scripts import msamil from this checkout too, whichever conda env (or cluster node) runs them.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
+    )
 )
 
 min_version("9.0")
@@ -22,6 +24,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/inputs.smk"
 include: "rules/synthetic.smk"
 include: "rules/inspect.smk"
 include: "rules/tissue.smk"

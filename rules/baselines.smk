@@ -5,41 +5,6 @@
 BASELINE_KINDS = ("abmil", "dino_abmil", "icmil_abmil")
 
 
-def uses_base_features(method):
-    """abmil and ICMIL's round 0 start from the config backbone itself; reuse its fold-independent features."""
-    spec = config["methods"][method]
-    return spec["kind"] in ("abmil", "icmil_abmil") and not spec.get("model")
-
-
-def baseline_inputs(wildcards):
-    inputs = {
-        "slides": f"{RESULTS}/{wildcards.dataset}/slides.tsv",
-        "folds": f"{RESULTS}/{wildcards.dataset}/splits/folds.tsv",
-        "caches": per_slide(f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5")(wildcards),
-    }
-    if uses_base_features(wildcards.method):
-        inputs["features"] = per_slide(
-            f"{RESULTS}/{{dataset}}/features/base/{{slide}}.h5"
-        )(wildcards)
-    return inputs
-
-
-def baseline_config(wildcards):
-    """The config subset one baseline run reads (so an unrelated config change does not rerun it)."""
-    return {
-        "seed": config["seed"],
-        "device": config.get("device", "auto"),
-        "scales": config.get("scales"),
-        "model": config["model"],
-        "train": config.get("train", {}),
-        "baselines": config.get("baselines", {}),
-        "methods": {wildcards.method: config["methods"][wildcards.method]},
-        "dataset_config": {
-            wildcards.dataset: config["dataset_config"][wildcards.dataset]
-        },
-    }
-
-
 rule features:
     input:
         cache=f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5",
@@ -90,7 +55,7 @@ rule baseline:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 240 * attempt,
     params:
-        config=baseline_config,
+        config=run_config,
         run_dir=lambda wc: f"{RESULTS}/{wc.dataset}/runs/{wc.method}/fold{wc.fold}",
     script:
         "../workflow/scripts/baseline.py"

@@ -4,7 +4,6 @@ import os
 import pandas as pd
 from snakemake.utils import validate
 
-
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 for _ds in config["datasets"]:
@@ -30,15 +29,16 @@ wildcard_constraints:
 
 def usable_slides(dataset):
     """Slides that passed inspection; evaluating this waits for the inspect checkpoint."""
-    table = checkpoints.inspect.get(dataset=dataset).output.slides
-    return pd.read_csv(table, sep="\t", dtype={"slide": str})["slide"].tolist()
+    return slides_table(dataset)["slide"].tolist()
 
 
 def per_slide(pattern):
     """Input function expanding `pattern` over the usable slides of the job's dataset."""
 
     def _inputs(wildcards):
-        return expand(pattern, dataset=wildcards.dataset, slide=usable_slides(wildcards.dataset))
+        return expand(
+            pattern, dataset=wildcards.dataset, slide=usable_slides(wildcards.dataset)
+        )
 
     return _inputs
 
@@ -50,9 +50,13 @@ def dataset_targets(dataset):
     targets += expand(f"{RESULTS}/{dataset}/tissue/{{slide}}.png", slide=slides)
     targets += expand(f"{RESULTS}/{dataset}/cache/{{slide}}.h5", slide=slides)
     targets.append(f"{RESULTS}/{dataset}/splits/folds.tsv")
-    targets += expand(f"{RESULTS}/{dataset}/lesion/fold{{fold}}/selection_summary.tsv", fold=FOLDS)
     targets += expand(
-        f"{RESULTS}/{dataset}/runs/{{method}}/fold{{fold}}/metrics.json", method=METHODS, fold=FOLDS
+        f"{RESULTS}/{dataset}/lesion/fold{{fold}}/selection_summary.tsv", fold=FOLDS
+    )
+    targets += expand(
+        f"{RESULTS}/{dataset}/runs/{{method}}/fold{{fold}}/metrics.json",
+        method=METHODS,
+        fold=FOLDS,
     )
     return targets
 

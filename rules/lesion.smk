@@ -4,20 +4,6 @@ LESION = config.get("lesion", {})
 LESION_DIR = f"{RESULTS}/{{dataset}}/lesion/fold{{fold}}"
 
 
-def lesion_slide_files(wildcards):
-    """Slide files and annotation files of the usable slides (segmentation reads them directly)."""
-    table = pd.read_csv(
-        checkpoints.inspect.get(dataset=wildcards.dataset).output.slides,
-        sep="\t",
-        dtype=str,
-        keep_default_na=False,
-    )
-    files = table["path"].tolist()
-    if "annotation" in table:
-        files += [a for a in table["annotation"] if a.strip()]
-    return files
-
-
 rule lesion_train:
     input:
         slides=inspected_slides,

@@ -1,11 +1,6 @@
 # rules for the splits stage (see docs/CONTRACT.md): k folds shared by every method of a dataset.
 
 
-def inspected_slides(wildcards):
-    """The inspect checkpoint's slide table (waiting on the checkpoint is what makes the splits see it)."""
-    return checkpoints.inspect.get(dataset=wildcards.dataset).output.slides
-
-
 rule splits:
     input:
         slides=inspected_slides,

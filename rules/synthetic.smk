@@ -13,26 +13,6 @@ SYNTHETIC_SLIDE = f"{RESULTS}/{{dataset}}/raw/slides/{{slide}}.svs"
 SYNTHETIC_ANNOTATION = f"{RESULTS}/{{dataset}}/raw/annotations/{{slide}}.geojson"
 
 
-def synthetic_slide_ids():
-    return [f"syn_{i:03d}" for i in range(int(SYNTHETIC.get("n_slides", 0)))]
-
-
-def synthetic_raw_inputs(dataset):
-    """The raw table of a synthetic dataset plus every slide and annotation file it lists."""
-    ids = synthetic_slide_ids()
-    return (
-        [raw_table(dataset)]
-        + expand(SYNTHETIC_SLIDE, dataset=dataset, slide=ids)
-        + expand(SYNTHETIC_ANNOTATION, dataset=dataset, slide=ids)
-    )
-
-
-def synthetic_mem_mb(wildcards, attempt):
-    """About 80 bytes per level-0 pixel while drawing (float stain layers), plus the interpreter."""
-    pixels = int(SYNTHETIC.get("width", 3072)) * int(SYNTHETIC.get("height", 2048))
-    return (600 + pixels * 80 // 1_000_000) * attempt
-
-
 rule synthetic_table:
     output:
         table=f"{RESULTS}/{{dataset}}/raw/table.tsv",

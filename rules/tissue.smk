@@ -1,17 +1,6 @@
 # Tissue segmentation, one job per usable slide: mask PNG at tissue.seg_mpp, contours (GeoJSON), QC overlay.
 
 
-def slide_file(wildcards):
-    """The slide's own file (from slides.tsv), so a replaced slide re-runs its tissue job."""
-    table = pd.read_csv(
-        checkpoints.inspect.get(dataset=wildcards.dataset).output.slides,
-        sep="\t",
-        dtype={"slide": str},
-    )
-    paths = table.loc[table["slide"] == wildcards.slide, "path"].tolist()
-    return paths[:1]
-
-
 rule tissue:
     input:
         slides=lambda wc: checkpoints.inspect.get(dataset=wc.dataset).output.slides,

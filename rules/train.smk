@@ -8,37 +8,6 @@
 # `update()` was rejected: Snakemake then restores the pre-job version on failure, discarding the epochs just run.
 
 
-def train_inputs(wildcards):
-    """Slide table, folds and caches; plus the fold's SFFM selection unless the method has `sffm: false`."""
-    from msamil.settings import method_settings
-
-    inputs = {
-        "slides": f"{RESULTS}/{wildcards.dataset}/slides.tsv",
-        "folds": f"{RESULTS}/{wildcards.dataset}/splits/folds.tsv",
-        "caches": per_slide(f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5")(wildcards),
-    }
-    if method_settings(config, wildcards.method)["sffm"]:
-        inputs["selection"] = (
-            f"{RESULTS}/{wildcards.dataset}/lesion/fold{wildcards.fold}/selection.h5"
-        )
-    return inputs
-
-
-def train_config(wildcards):
-    """The config subset one run reads, so an unrelated config change does not retrain it."""
-    return {
-        "seed": config["seed"],
-        "device": config.get("device", "auto"),
-        "scales": config.get("scales"),
-        "model": config["model"],
-        "train": config.get("train", {}),
-        "methods": {wildcards.method: config["methods"][wildcards.method]},
-        "dataset_config": {
-            wildcards.dataset: config["dataset_config"][wildcards.dataset]
-        },
-    }
-
-
 RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}"
 
 
@@ -67,7 +36,7 @@ rule train:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 480 * attempt,
     params:
-        config=train_config,
+        config=run_config,
         run_dir=lambda wc: f"{RESULTS}/{wc.dataset}/runs/{wc.method}/fold{wc.fold}",
     script:
         "../workflow/scripts/train.py"
