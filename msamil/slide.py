@@ -207,11 +207,11 @@ def scaled_size(width: int, height: int, mpp: float, target_mpp: float) -> tuple
 
 def rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:
     """Composite (non-premultiplied) RGBA onto white: transparent -> (255, 255, 255), opaque -> unchanged."""
+    rgba = np.ascontiguousarray(rgba)
+    if cv2.minMaxLoc(cv2.extractChannel(rgba, 3))[0] == 255:
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)  # the common, opaque case: ~20x faster than numpy
     rgb = rgba[..., :3]
-    alpha = rgba[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha.astype(np.uint32)
+    a = rgba[..., 3:4].astype(np.uint32)
     out = (rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
     return out.astype(np.uint8)
 

@@ -1,0 +1,17 @@
+"""Rule `cache`: build the aligned multi-scale patch cache of one slide (msamil.cache)."""
+
+from msamil.cache import build_cache_from_table
+from msamil.runlog import log_to
+
+with log_to(snakemake.log[0]):
+    build_cache_from_table(
+        snakemake.input.slides,
+        snakemake.wildcards.slide,
+        snakemake.input.mask,
+        snakemake.output.h5,
+        mpp_20x=snakemake.params.mpp_20x,
+        patch_px=snakemake.params.patch_px,
+        tissue_min=dict(snakemake.params.tissue_min),
+        encoding=snakemake.params.encoding,
+        jpeg_quality=snakemake.params.jpeg_quality,
+    )
