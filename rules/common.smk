@@ -27,6 +27,17 @@ wildcard_constraints:
     method="[A-Za-z0-9_]+",
 
 
+def slides_table(dataset):
+    """The inspect checkpoint's table of usable slides; reading it waits for the checkpoint."""
+    return pd.read_csv(
+        inspected_slides_path(dataset), sep="\t", dtype=str, keep_default_na=False
+    )
+
+
+def inspected_slides_path(dataset):
+    return checkpoints.inspect.get(dataset=dataset).output.slides
+
+
 def usable_slides(dataset):
     """Slides that passed inspection; evaluating this waits for the inspect checkpoint."""
     return slides_table(dataset)["slide"].tolist()

@@ -2,17 +2,6 @@
 # no functions in rule files) and run lazily, so constants of the rule files are available when they are called.
 
 
-def slides_table(dataset):
-    """The inspect checkpoint's table of usable slides; reading it waits for the checkpoint."""
-    return pd.read_csv(
-        inspected_slides_path(dataset), sep="\t", dtype=str, keep_default_na=False
-    )
-
-
-def inspected_slides_path(dataset):
-    return checkpoints.inspect.get(dataset=dataset).output.slides
-
-
 def inspected_slides(wildcards):
     """slides.tsv as an input (waiting on the checkpoint is what makes later stages see its slides)."""
     return inspected_slides_path(wildcards.dataset)

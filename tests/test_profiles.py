@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_RULES = {"train", "baseline", "lesion_train", "lesion_infer"}
+GPU_RULES = {"train", "baseline", "lesion_train", "lesion_infer", "features"}
 
 
 def _snakemake() -> str:
