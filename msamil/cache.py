@@ -28,7 +28,6 @@ renamed only after it is closed, so a failure midway leaves nothing that passes 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -44,6 +43,7 @@ from tqdm import tqdm
 
 import msamil
 from msamil.atomic import atomic_path
+from msamil.checksum import sha256_file
 from msamil.errors import SlideError
 from msamil.grid import Layout, plan_layout
 from msamil.settings import SCALE_FACTOR, SCALES, scale_mpp
@@ -63,14 +63,6 @@ def read_mask(mask_path: str | os.PathLike[str], slide_id: str) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise SlideError(slide_id, f"cannot read tissue mask {mask_path}: {exc}",
                          "rerun the tissue rule for this slide") from exc
-
-
-def file_sha256(path: str | os.PathLike[str], block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class CellReader:
@@ -317,7 +309,7 @@ def build_cache(slide_path: str | os.PathLike[str], slide_id: str, mask_path: st
                  mpp, 4 * f20, counts["5x"], layout.ncols * layout.nrows, counts)
         attrs = {
             "slide": slide_id, "mpp": float(mpp), "mpp_20x": float(mpp_20x), "patch_px": int(patch_px),
-            "width": width, "height": height, "sha256": file_sha256(slide_path), "version": msamil.__version__,
+            "width": width, "height": height, "sha256": sha256_file(slide_path), "version": msamil.__version__,
             "source": os.fspath(slide_path), "tissue_min": [float(tissue_min[s]) for s in SCALES],
             "scales": list(SCALES),
         }

@@ -119,6 +119,25 @@ class SlideData:
                 close()
 
 
+def augment_bag(imgs: np.ndarray, rng: np.random.Generator, colour: float = 0.1) -> np.ndarray:
+    """Training augmentation of a bag of uint8 patches (n, P, P, 3): a random dihedral transform per patch (tissue
+    has no orientation) and one stain jitter per bag (per-channel optical-density gain in 1 +- `colour`).
+
+    With a few dozen slides, each slide's stain is a fingerprint a model can memorise instead of the morphology
+    that decides the label; the jitter takes that shortcut away.
+    """
+    out = np.empty_like(imgs)
+    ops = rng.integers(0, 8, len(imgs))
+    for k, (img, op) in enumerate(zip(imgs, ops.tolist(), strict=True)):
+        img = np.rot90(img, op % 4)
+        out[k] = img[:, ::-1] if op >= 4 else img
+    if colour > 0:
+        gain = rng.uniform(1 - colour, 1 + colour, 3).astype(np.float32)
+        od = -np.log((out.astype(np.float32) + 1.0) / 256.0)
+        out = np.clip(256.0 * np.exp(-od * gain) - 1.0, 0, 255).round().astype(np.uint8)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- forward
 def _prepare(imgs: torch.Tensor, input_px: int, device: torch.device) -> torch.Tensor:
     x = to_input(imgs, input_px, device)
@@ -341,6 +360,8 @@ class Trainer:
             if len(bag.imgs) == 0:
                 raise SlideError(slides[j], "no selected patches at the method's scales",
                                  "check the cache and the SFFM selection (fallback_k) of this slide")
+            if self.tcfg.get("augment", False):
+                bag.imgs = augment_bag(np.asarray(bag.imgs), self.rng)
             logits, _ = bag_forward(self.model, bag, self.device, self.input_px, int(self.tcfg["micro_batch"]),
                                     bool(self.tcfg.get("checkpointing", True)))
             target = torch.tensor([labels[j]], device=self.device)

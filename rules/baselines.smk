@@ -16,7 +16,7 @@ rule features:
         bench_path("features", "{dataset}", "{slide}")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 4000 * attempt,
@@ -49,7 +49,7 @@ rule baseline:
         method=method_regex(*BASELINE_KINDS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 8000 * attempt,

@@ -18,6 +18,8 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 FOLDS = list(range(config.get("splits", {}).get("folds", 5)))
 METHODS = list(config["methods"])
+# CPU threads per torch job: on a small CPU machine, parallel 1-thread jobs beat oversubscribed 2-thread ones.
+TORCH_THREADS = config.get("torch_threads", 1)
 
 
 wildcard_constraints:

@@ -18,7 +18,7 @@ rule lesion_train:
         bench_path("lesion_train", "{dataset}", "fold{fold}")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
@@ -44,7 +44,7 @@ rule lesion_infer:
         bench_path("lesion_infer", "{dataset}", "fold{fold}")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         runtime=120,

@@ -30,7 +30,7 @@ rule train:
         method=method_regex("msamil"),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 8000 * attempt,

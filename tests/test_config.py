@@ -8,21 +8,21 @@ from tests.workflow_helpers import snakemake, write_config
 
 
 @pytest.mark.parametrize(
-    ("overrides", "drop", "expected"),
+    ("overrides", "expected"),
     [
-        ({"synthetic": {"n_slides": "many"}}, (), "n_slides"),
-        ({"synthetic": {"width": -4096}}, (), "width"),
-        ({"patch_px": -64}, (), "patch_px"),
-        ({"datasets": ["tcga_brca"]}, (), "datasets"),
-        ({"tissue": {"treshold": 20}}, (), "treshold"),
-        ({"methods": {"msamil": {"kind": "transmil"}}}, (), "kind"),
-        ({"splits": {"folds": 1}}, (), "folds"),
+        ({"synthetic": {"n_slides": "many"}}, "n_slides"),
+        ({"synthetic": {"width": -4096}}, "width"),
+        ({"patch_px": -64}, "patch_px"),
+        ({"datasets": ["tcga_brca"]}, "datasets"),
+        ({"tissue": {"treshold": 20}}, "treshold"),
+        ({"methods": {"msamil": {"kind": "transmil"}}}, "kind"),
+        ({"splits": {"folds": 1}}, "folds"),
     ],
     ids=["wrong-type", "negative-size", "negative-patch", "unknown-dataset", "unknown-key", "unknown-kind",
          "one-fold"],
 )
-def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, drop, expected):
-    config = write_config(tmp_path, overrides, drop)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, expected):
+    config = write_config(tmp_path, overrides)
     proc = snakemake(tmp_path, config, "-n", "--cores", "1")
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr

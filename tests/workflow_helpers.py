@@ -30,11 +30,11 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 
 def write_config(workdir: Path, overrides: dict[str, Any] | None = None,
-                 drop: tuple[str, ...] = ()) -> Path:
-    """The default config with `overrides` merged in and top-level keys in `drop` removed."""
-    cfg = deep_update(load_default_config(), overrides or {})
-    for key in drop:
-        cfg.pop(key, None)
+                 replace: tuple[str, ...] = ("methods",)) -> Path:
+    """The default config with `overrides` merged in; top-level keys in `replace` are replaced, not merged."""
+    overrides = overrides or {}
+    cfg = deep_update(load_default_config(), {k: v for k, v in overrides.items() if k not in replace})
+    cfg.update({k: overrides[k] for k in replace if k in overrides})
     path = Path(workdir) / "test_config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -44,7 +44,7 @@ def snakemake(workdir: Path, config: Path, *args: str, timeout: int = 1500,
               check: bool = False) -> subprocess.CompletedProcess[str]:
     """`snakemake -s <repo>/Snakefile -d workdir --configfile config ...`, output captured."""
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(config),
-           "--workflow-profile", "none", *args]
+           "--workflow-profile", "none", "--replace-workflow-config", *args]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

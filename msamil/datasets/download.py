@@ -8,7 +8,6 @@ Every source writes a manifest whose `root` is the directory the dataset definit
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -26,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from msamil.atomic import write_json
+from msamil.checksum import sha256_file
 from msamil.errors import ConfigError, MsamilError
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,6 @@ ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2")
 
 class DownloadError(MsamilError):
     """A transfer failed for good, or its content is not what the config promised."""
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _transfer(url: str, part: Path, timeout: float, chunk: int) -> None:
