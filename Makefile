@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint dryrun report clean-results
+.PHONY: demo test lint dryrun report readme clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,3 +33,6 @@ report: $(STAMP)
 
 clean-results:
 	rm -rf results/*/ results/tables results/figures results/logs results/benchmarks .snakemake
+
+readme: $(STAMP)
+	$(BIN)/python -m msamil.readme
