@@ -173,13 +173,25 @@ class BagReader:
         return Bag(np.concatenate(imgs), np.concatenate(coords), np.concatenate(sidx), np.concatenate(index),
                    self.width, self.height)
 
-    def sample(self, n: int, rng: np.random.Generator | int | None = None) -> Bag:
-        """`n` distinct patches drawn uniformly from the union of the selected patches of the reader's scales (all
-        of them if fewer than `n` exist), ordered by scale then index. Same `rng` state, same bag."""
+    def sample(self, n: int, rng: np.random.Generator | int | None = None, balanced: bool = False) -> Bag:
+        """`n` distinct patches of the selected patches of the reader's scales (all of them if fewer than `n`
+        exist), ordered by scale then index. Same `rng` state, same bag.
+
+        Uniform over the union by default. `balanced` gives each scale an equal share (a scale with too few
+        patches gives all it has and the rest is shared out): 5x patches are 16x rarer than 20x ones, so a uniform
+        bag would carry almost no 5x context.
+        """
         rng = np.random.default_rng(rng)
         total = len(self)
-        flat = np.arange(total) if n >= total else np.sort(rng.choice(total, size=n, replace=False))
-        return self._bag(flat)
+        if n >= total:
+            return self._bag(np.arange(total))
+        if not balanced:
+            return self._bag(np.sort(rng.choice(total, size=n, replace=False)))
+        sizes = np.diff(self._offsets)
+        take = balanced_shares(sizes, n)
+        parts = [self._offsets[k] + np.sort(rng.choice(int(sizes[k]), size=int(take[k]), replace=False))
+                 for k in range(len(sizes)) if take[k]]
+        return self._bag(np.concatenate(parts))
 
     def chunks(self, size: int) -> Iterator[Bag]:
         """Every selected patch, scale by scale in index order, `size` at a time (for inference)."""
@@ -187,6 +199,23 @@ class BagReader:
             raise ValueError("chunk size must be >= 1")
         for a in range(0, len(self), size):
             yield self._bag(np.arange(a, min(a + size, len(self))))
+
+
+def balanced_shares(sizes: np.ndarray, n: int) -> np.ndarray:
+    """Split `n` draws over groups of `sizes` as evenly as possible without exceeding any group (water-filling)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    take = np.zeros_like(sizes)
+    remaining = min(int(n), int(sizes.sum()))
+    while remaining > 0:
+        room = np.flatnonzero(take < sizes)
+        share = max(1, remaining // len(room))
+        for k in room:
+            add = min(share, int(sizes[k] - take[k]), remaining)
+            take[k] += add
+            remaining -= add
+            if remaining == 0:
+                break
+    return take
 
 
 def _decode_jpeg(buf: np.ndarray) -> np.ndarray:

@@ -356,7 +356,8 @@ class Trainer:
             group_start = (i // self.accum) * self.accum
             group_size = min(self.accum, n - group_start)
             with self.data.open(slides[j]) as reader:
-                bag = reader.sample(int(self.tcfg["bag_size"]), self.rng)
+                bag = reader.sample(int(self.tcfg["bag_size"]), self.rng,
+                                    balanced=bool(self.tcfg.get("scale_balanced", False)))
             if len(bag.imgs) == 0:
                 raise SlideError(slides[j], "no selected patches at the method's scales",
                                  "check the cache and the SFFM selection (fallback_k) of this slide")

@@ -187,3 +187,13 @@ def test_reader_on_built_cache(tmp_path: Path) -> None:
             s = SCALES[bag.scale_idx[j]]
             np.testing.assert_array_equal(bag.imgs[j], f[s]["imgs"][bag.index[j]])
             np.testing.assert_array_equal(bag.coords[j], f[s]["coords"][bag.index[j]])
+
+
+def test_balanced_shares_fill_evenly_within_what_each_scale_has():
+    from msamil.data import balanced_shares
+
+    assert balanced_shares([100, 40, 20], 48).tolist() == [16, 16, 16]
+    assert balanced_shares([100, 40, 10], 48).tolist() == [19, 19, 10]
+    assert balanced_shares([100, 40, 3], 48).tolist() == [23, 22, 3]
+    assert balanced_shares([5, 0, 2], 48).tolist() == [5, 0, 2]
+    assert balanced_shares([100, 40, 10], 7).sum() == 7

@@ -50,7 +50,7 @@ class FakeReader:
     def _bag(self, sel):
         return Bag(self.imgs[sel], self.coords[sel], self.scale[sel], self.index[sel], self.width, self.height)
 
-    def sample(self, n, rng):
+    def sample(self, n, rng, balanced=False):
         return self._bag(np.sort(rng.choice(len(self.imgs), size=min(n, len(self.imgs)), replace=False)))
 
     def chunks(self, size):
