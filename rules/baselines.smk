@@ -18,7 +18,7 @@ rule features:
         "../envs/torch.yaml"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     params:
@@ -51,7 +51,7 @@ rule baseline:
         "../envs/torch.yaml"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 240 * attempt,
     params:

@@ -1,5 +1,6 @@
 # Shared helpers: config validation, paths, the inspect checkpoint's slide list, final targets.
 import os
+import shutil
 
 import pandas as pd
 from snakemake.utils import validate
@@ -20,6 +21,16 @@ FOLDS = list(range(config.get("splits", {}).get("folds", 5)))
 METHODS = list(config["methods"])
 # CPU threads per torch job: on a small CPU machine, parallel 1-thread jobs beat oversubscribed 2-thread ones.
 TORCH_THREADS = config.get("torch_threads", 1)
+# Torch rules hold one GPU each where jobs will use one (device cuda, or auto on a machine with an NVIDIA driver),
+# so the local `gpu=1` cap of profiles/default serialises GPU jobs; on a CPU-only machine they claim none and
+# run side by side. The SLURM profile sets gpu=1 per rule itself (set-resources), whatever the head node has.
+GPU_PER_JOB = int(
+    config.get("device", "auto") == "cuda"
+    or (
+        config.get("device", "auto") == "auto"
+        and shutil.which("nvidia-smi") is not None
+    )
+)
 
 
 wildcard_constraints:

@@ -22,7 +22,7 @@ rule lesion_train:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=GPU_PER_JOB,
     params:
         lesion=LESION,
         seed=config["seed"],
@@ -48,7 +48,7 @@ rule lesion_infer:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=GPU_PER_JOB,
     params:
         device=config.get("device", "auto"),
     script:

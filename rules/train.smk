@@ -32,7 +32,7 @@ rule train:
         "../envs/torch.yaml"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 480 * attempt,
     params:
