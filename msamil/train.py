@@ -119,6 +119,24 @@ class SlideData:
                 close()
 
 
+def class_interleaved_order(labels: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A seeded epoch order that cycles through the classes (each class shuffled), so every group of
+    `accum_slides` = n_classes consecutive slides holds one slide per class while they last.
+
+    With one slide per forward pass, steps that see a single class push the shared bag direction back and forth
+    (the logits swing while their spread across slides stays ~0); mixed steps cancel that bias and leave the
+    gradient that separates the classes.
+    """
+    labels = np.asarray(labels)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    order: list[int] = []
+    while any(pools):
+        for k in rng.permutation(len(pools)):
+            if pools[k]:
+                order.append(int(pools[k].pop()))
+    return np.asarray(order, dtype=np.int64)
+
+
 def augment_bag(imgs: np.ndarray, rng: np.random.Generator, colour: float = 0.1) -> np.ndarray:
     """Training augmentation of a bag of uint8 patches (n, P, P, 3): a random dihedral transform per patch (tissue
     has no orientation) and one stain jitter per bag (per-channel optical-density gain in 1 +- `colour`).
@@ -346,7 +364,10 @@ class Trainer:
         if self.bn_calib and self.state.epoch == 0:
             self.recalibrate_bn()  # before the first step; afterwards at the end of every epoch (below)
         slides, labels = self.split.slides["train"], self.split.labels["train"]
-        order = self.rng.permutation(len(slides))
+        if self.tcfg.get("interleave_classes", False):
+            order = class_interleaved_order(labels, self.rng)
+        else:
+            order = self.rng.permutation(len(slides))
         n, total, patches = len(order), 0.0, 0
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)

@@ -225,3 +225,15 @@ def test_real_bag_reader_and_sffm_selection(tmp_path):
         g = h5["s06"]
         assert sorted(zip(g["scale_idx"][:].tolist(), g["index"][:].tolist(), strict=True)) == [
             (0, 0), (0, 2), (0, 3), (1, 1)]
+
+
+def test_class_interleaved_order_mixes_every_pair_and_keeps_all_slides():
+    from msamil.train import class_interleaved_order
+
+    labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    order = class_interleaved_order(labels, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(10))
+    pairs = [{labels[i] for i in order[k:k + 2]} for k in range(0, 8, 2)]
+    assert all(p == {0, 1} for p in pairs)  # while both classes last, each accumulation pair holds both
+    again = class_interleaved_order(labels, np.random.default_rng(0))
+    assert again.tolist() == order.tolist()
