@@ -27,7 +27,7 @@ rule features:
         chunk=config.get("baselines", {}).get("feature_chunk", 64),
         device=config.get("device", "auto"),
     script:
-        "../workflow/scripts/baseline.py"
+        "../workflow/scripts/features.py"
 
 
 rule baseline:
