@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from msamil.atomic import write_json, write_tsv
-from msamil.metrics import classification_metrics
+from msamil.metrics import classification_metrics, prob_columns
 
 
 def predictions_frame(slides: Sequence[str], labels: Sequence[int], probs: np.ndarray, fold: int,
@@ -32,8 +32,7 @@ def write_run_outputs(run_dir: str | Path, predictions: pd.DataFrame, efficiency
                       extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write predictions.tsv, metrics.json and efficiency.json under `run_dir`; return the metrics."""
     run_dir = Path(run_dir)
-    prob_cols = sorted((c for c in predictions.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))
-    metrics = classification_metrics(predictions["label"].to_numpy(), predictions[prob_cols].to_numpy())
+    metrics = classification_metrics(predictions["label"].to_numpy(), predictions[prob_columns(predictions)].to_numpy())
     metrics.update(extra_metrics or {})
     write_tsv(run_dir / "predictions.tsv", predictions, float_format="%.6f")
     write_json(run_dir / "metrics.json", metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 
@@ -32,3 +33,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, f
         aucs = [roc_auc_score(labels == c, probs[:, c]) for c in present]
         out["auc"] = float(np.mean(aucs))
     return out
+
+
+def prob_columns(frame: pd.DataFrame) -> list[str]:
+    """prob_0 .. prob_{C-1} in class order (a lexical sort would put prob_10 before prob_2)."""
+    cols = [c for c in frame.columns if c.startswith("prob_") and c[5:].isdigit()]
+    return sorted((c for c in cols if frame[c].notna().any()), key=lambda c: int(c[5:]))

@@ -126,12 +126,6 @@ def load_predictions(results: str | Path, datasets: Sequence[str], methods: Sequ
     return pd.concat(frames, ignore_index=True)
 
 
-def prob_columns(frame: pd.DataFrame) -> list[str]:
-    """prob_0 .. prob_{C-1} in class order (a lexical sort would put prob_10 before prob_2)."""
-    cols = [c for c in frame.columns if c.startswith("prob_") and c[5:].isdigit()]
-    return sorted((c for c in cols if frame[c].notna().any()), key=lambda c: int(c[5:]))
-
-
 def load_efficiency(results: str | Path, datasets: Sequence[str], methods: Sequence[str],
                     folds: Sequence[int]) -> pd.DataFrame:
     """Every run's efficiency.json as rows (dataset, method, fold, ...); missing runs are skipped."""

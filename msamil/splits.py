@@ -10,11 +10,14 @@ fold is within one slide of perfect stratification whenever the patient groups a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from msamil.errors import ConfigError
+from msamil.errors import ConfigError, SlideError
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +186,36 @@ def run_splits(slides_tsv: str, out_tsv: str, folds: int, val_fraction: float, s
              len(slides), slides["patient"].nunique(), folds, summary.to_string())
     write_tsv(out_tsv, table)
     return table
+
+
+@dataclass
+class FoldSplit:
+    """Slides and class indices of one fold, per split, in folds.tsv order."""
+
+    slides: dict[str, list[str]]
+    labels: dict[str, list[int]]
+
+
+def load_fold(slides_tsv: str | Path, folds_tsv: str | Path, fold: int, classes: Sequence[str]) -> FoldSplit:
+    """One fold of folds.tsv with class indices from slides.tsv: what every method trains and tests on."""
+    table = pd.read_csv(slides_tsv, sep="\t", dtype={"slide": str})
+    folds = pd.read_csv(folds_tsv, sep="\t", dtype={"slide": str})
+    part = folds[folds["fold"] == fold]
+    if part.empty:
+        raise ConfigError(f"fold {fold} is not in {folds_tsv} (folds: {sorted(folds['fold'].unique())}); "
+                          f"check splits.folds")
+    label_of = dict(zip(table["slide"], table["label"], strict=True))
+    out = FoldSplit({}, {})
+    for split in ("train", "val", "test"):
+        slides = part.loc[part["split"] == split, "slide"].tolist()
+        labels = []
+        for slide in slides:
+            name = str(label_of.get(slide, part.loc[part["slide"] == slide, "label"].iloc[0]))
+            if name not in classes:
+                raise SlideError(slide, f"label {name!r} is not one of the classes {list(classes)}",
+                                 "fix the slide table or dataset_config.<dataset>.classes")
+            labels.append(list(classes).index(name))
+        out.slides[split], out.labels[split] = slides, labels
+    if not out.slides["train"]:
+        raise ConfigError(f"fold {fold} has no training slides in {folds_tsv}")
+    return out

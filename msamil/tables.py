@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from msamil.atomic import write_text, write_tsv
-from msamil.metrics import classification_metrics
+from msamil.metrics import classification_metrics, prob_columns
 from msamil.report import (
     ablation_methods,
     lesion_dir,
@@ -25,7 +25,6 @@ from msamil.report import (
     load_predictions,
     main_methods,
     method_label,
-    prob_columns,
 )
 from msamil.settings import SCALES
 

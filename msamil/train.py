@@ -44,6 +44,7 @@ from msamil.metrics import classification_metrics
 from msamil.models import MsaMILNet, build_model
 from msamil.schedule import warmup_cosine
 from msamil.settings import method_settings
+from msamil.splits import FoldSplit, load_fold
 
 log = logging.getLogger("msamil.train")
 
@@ -53,38 +54,6 @@ RESUME_DIR = ".resume"  # outside Snakemake's declared outputs, so it survives t
 
 
 # ----------------------------------------------------------------------------------------------------------- data
-@dataclass
-class FoldSplit:
-    """Slides and class indices of one fold, per split, in folds.tsv order."""
-
-    slides: dict[str, list[str]]
-    labels: dict[str, list[int]]
-
-
-def load_fold(slides_tsv: str | Path, folds_tsv: str | Path, fold: int, classes: Sequence[str]) -> FoldSplit:
-    table = pd.read_csv(slides_tsv, sep="\t", dtype={"slide": str})
-    folds = pd.read_csv(folds_tsv, sep="\t", dtype={"slide": str})
-    part = folds[folds["fold"] == fold]
-    if part.empty:
-        raise ConfigError(f"fold {fold} is not in {folds_tsv} (folds: {sorted(folds['fold'].unique())}); "
-                          f"check splits.folds")
-    label_of = dict(zip(table["slide"], table["label"], strict=True))
-    out = FoldSplit({}, {})
-    for split in ("train", "val", "test"):
-        slides = part.loc[part["split"] == split, "slide"].tolist()
-        labels = []
-        for slide in slides:
-            name = str(label_of.get(slide, part.loc[part["slide"] == slide, "label"].iloc[0]))
-            if name not in classes:
-                raise SlideError(slide, f"label {name!r} is not one of the classes {list(classes)}",
-                                 "fix the slide table or dataset_config.<dataset>.classes")
-            labels.append(list(classes).index(name))
-        out.slides[split], out.labels[split] = slides, labels
-    if not out.slides["train"]:
-        raise ConfigError(f"fold {fold} has no training slides in {folds_tsv}")
-    return out
-
-
 class SlideData:
     """Opens one slide's bag reader on demand (nothing held open between steps, so memory stays flat)."""
 

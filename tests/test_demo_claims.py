@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msamil.metrics import classification_metrics
+from msamil.metrics import classification_metrics, prob_columns
 
 RESULTS = os.environ.get("MSAMIL_RESULTS")
 pytestmark = pytest.mark.skipif(not RESULTS, reason="set MSAMIL_RESULTS to a finished run's results/ directory")
@@ -26,7 +26,7 @@ def fold_aucs(method: str, dataset: str = "synthetic") -> list[float]:
     aucs = []
     for path in runs:
         frame = pd.read_csv(path, sep="\t")
-        probs = frame[sorted((c for c in frame if c.startswith("prob_")), key=lambda c: int(c[5:]))].to_numpy()
+        probs = frame[prob_columns(frame)].to_numpy()
         aucs.append(classification_metrics(frame["label"].to_numpy(), probs)["auc"])
     return aucs
 

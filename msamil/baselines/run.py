@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from msamil import splits
 from msamil.atomic import atomic_path, write_tsv
 from msamil.backbone import create_backbone, select_device
 from msamil.baselines.abmil import ABMILResult, predict_abmil, train_abmil
@@ -76,21 +77,10 @@ class Audit:
 
 
 def load_fold(slides_tsv: str | Path, folds_tsv: str | Path, fold: int, classes: Sequence[str]) -> FoldData:
-    """Split lists of one fold from folds.tsv; label indices from slides.tsv (label_idx, else class order)."""
-    slides = pd.read_csv(slides_tsv, sep="\t", dtype={"slide": str, "label": str})
-    folds = pd.read_csv(folds_tsv, sep="\t", dtype={"slide": str})
-    part = folds[folds["fold"] == int(fold)]
-    if part.empty:
-        raise ConfigError(f"fold {fold} is not in {folds_tsv} (folds: {sorted(folds['fold'].unique())})")
-    if "label_idx" in slides.columns:
-        labels = dict(zip(slides["slide"], slides["label_idx"].astype(int), strict=True))
-    else:
-        labels = {s: list(classes).index(lab) for s, lab in zip(slides["slide"], slides["label"], strict=True)}
-    by_split = {k: sorted(part.loc[part["split"] == k, "slide"]) for k in ("train", "val", "test")}
-    missing = [s for s in part["slide"] if s not in labels]
-    if missing:
-        raise ConfigError(f"{folds_tsv} names slides missing from {slides_tsv}: {missing[:5]}; rerun splits")
-    return FoldData(by_split["train"], by_split["val"], by_split["test"], labels, list(classes))
+    """The shared fold reader (msamil.splits.load_fold), as sorted split lists and a {slide: label} map."""
+    split = splits.load_fold(slides_tsv, folds_tsv, int(fold), classes)
+    labels = {s: lab for k in ("train", "val", "test") for s, lab in zip(split.slides[k], split.labels[k], strict=True)}
+    return FoldData(*(sorted(split.slides[k]) for k in ("train", "val", "test")), labels, list(classes))
 
 
 def _by_slide(paths: Sequence[str | Path] | Mapping[str, str | Path] | None) -> dict[str, Path]:

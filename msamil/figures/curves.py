@@ -16,13 +16,13 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from msamil.figures import style
+from msamil.metrics import prob_columns
 from msamil.report import (
     ablation_methods,
     load_history,
     load_predictions,
     main_methods,
     method_label,
-    prob_columns,
 )
 from msamil.settings import SCALES
 
