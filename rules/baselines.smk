@@ -7,7 +7,7 @@ BASELINE_KINDS = ("abmil", "dino_abmil", "icmil_abmil")
 
 rule features:
     input:
-        cache=f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5",
+        cache=CACHE,
     output:
         h5=f"{RESULTS}/{{dataset}}/features/base/{{slide}}.h5",
     log:
@@ -34,13 +34,13 @@ rule baseline:
     input:
         unpack(baseline_inputs),
     output:
-        predictions=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/predictions.tsv",
-        metrics=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/metrics.json",
-        efficiency=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/efficiency.json",
-        attention=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/attention.h5",
-        train_log=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/train_log.tsv",
-        seen=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/seen_slides.tsv",
-        best=f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}/best.pt",
+        predictions=f"{RUN_DIR}/predictions.tsv",
+        metrics=f"{RUN_DIR}/metrics.json",
+        efficiency=f"{RUN_DIR}/efficiency.json",
+        attention=f"{RUN_DIR}/attention.h5",
+        train_log=f"{RUN_DIR}/train_log.tsv",
+        seen=f"{RUN_DIR}/seen_slides.tsv",
+        best=f"{RUN_DIR}/best.pt",
     log:
         log_path("baseline", "{dataset}", "{method}", "fold{fold}"),
     benchmark:
@@ -56,6 +56,8 @@ rule baseline:
         runtime=lambda wc, attempt: 240 * attempt,
     params:
         config=run_config,
-        run_dir=lambda wc: f"{RESULTS}/{wc.dataset}/runs/{wc.method}/fold{wc.fold}",
+        run_dir=lambda wc: RUN_DIR.format(
+            dataset=wc.dataset, method=wc.method, fold=wc.fold
+        ),
     script:
         "../workflow/scripts/baseline.py"

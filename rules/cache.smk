@@ -6,7 +6,7 @@ rule cache:
         mask=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.png",
         slides=f"{RESULTS}/{{dataset}}/slides.tsv",
     output:
-        h5=f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5",
+        h5=CACHE,
     log:
         log_path("cache", "{dataset}", "{slide}"),
     benchmark:

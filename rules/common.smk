@@ -17,6 +17,8 @@ for _ds in config["datasets"]:
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
+CACHE = f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5"
+RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}"
 FOLDS = list(range(config.get("splits", {}).get("folds", 5)))
 METHODS = list(config["methods"])
 # CPU threads per torch job: on a small CPU machine, parallel 1-thread jobs beat oversubscribed 2-thread ones.
@@ -72,13 +74,14 @@ def dataset_targets(dataset):
     slides = usable_slides(dataset)
     targets = [f"{RESULTS}/{dataset}/slides.tsv"]
     targets += expand(f"{RESULTS}/{dataset}/tissue/{{slide}}.png", slide=slides)
-    targets += expand(f"{RESULTS}/{dataset}/cache/{{slide}}.h5", slide=slides)
+    targets += expand(CACHE, dataset=dataset, slide=slides)
     targets.append(f"{RESULTS}/{dataset}/splits/folds.tsv")
     targets += expand(
         f"{RESULTS}/{dataset}/lesion/fold{{fold}}/selection_summary.tsv", fold=FOLDS
     )
     targets += expand(
-        f"{RESULTS}/{dataset}/runs/{{method}}/fold{{fold}}/metrics.json",
+        f"{RUN_DIR}/metrics.json",
+        dataset=dataset,
         method=METHODS,
         fold=FOLDS,
     )

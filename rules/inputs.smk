@@ -47,7 +47,7 @@ def run_common_inputs(wildcards):
     return {
         "slides": f"{RESULTS}/{wildcards.dataset}/slides.tsv",
         "folds": f"{RESULTS}/{wildcards.dataset}/splits/folds.tsv",
-        "caches": per_slide(f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5")(wildcards),
+        "caches": per_slide(CACHE)(wildcards),
     }
 
 

@@ -58,7 +58,7 @@ rule lesion_infer:
 rule sffm:
     input:
         probmaps=f"{LESION_DIR}/probmaps.h5",
-        caches=per_slide(f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5"),
+        caches=per_slide(CACHE),
     output:
         selection=f"{LESION_DIR}/selection.h5",
         summary=f"{LESION_DIR}/selection_summary.tsv",

@@ -8,9 +8,6 @@
 # `update()` was rejected: Snakemake then restores the pre-job version on failure, discarding the epochs just run.
 
 
-RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}"
-
-
 rule train:
     input:
         unpack(train_inputs),
@@ -37,6 +34,8 @@ rule train:
         runtime=lambda wc, attempt: 480 * attempt,
     params:
         config=run_config,
-        run_dir=lambda wc: f"{RESULTS}/{wc.dataset}/runs/{wc.method}/fold{wc.fold}",
+        run_dir=lambda wc: RUN_DIR.format(
+            dataset=wc.dataset, method=wc.method, fold=wc.fold
+        ),
     script:
         "../workflow/scripts/train.py"
