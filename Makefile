@@ -35,4 +35,4 @@ clean-results:
 	rm -rf results/*/ results/tables results/figures results/logs results/benchmarks .snakemake
 
 readme: $(STAMP)
-	$(BIN)/python -m msamil.readme
+	$(BIN)/python -m msamil.reporting.readme

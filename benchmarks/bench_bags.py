@@ -1,4 +1,4 @@
-"""Random bag reads from the cache (msamil.data.BagReader) and bytes per patch, raw against JPEG.
+"""Random bag reads from the cache (msamil.cache.bags.BagReader) and bytes per patch, raw against JPEG.
 
 Run: .venv/bin/python benchmarks/bench_bags.py [--patch-px 64 256 --bags 200 --bag-size 200]
 
@@ -20,9 +20,9 @@ import h5py
 import numpy as np
 from bench_cache import TMIN, make_slide
 
-from msamil.cache import build_cache
-from msamil.data import BagReader
-from msamil.settings import SCALES
+from msamil.cache.bags import BagReader
+from msamil.cache.writer import build_cache
+from msamil.config import SCALES
 
 
 def timed(fn, bags: int) -> tuple[float, float]:

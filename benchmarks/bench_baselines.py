@@ -16,12 +16,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msamil.backbone import create_backbone, select_device  # noqa: E402
 from msamil.baselines.abmil import train_abmil  # noqa: E402
 from msamil.baselines.dino import dino_pretrain  # noqa: E402
 from msamil.baselines.features import PooledBackbone, Throughput, extract_slides  # noqa: E402
 from msamil.baselines.icmil import icmil_finetune  # noqa: E402
 from msamil.baselines.sampling import PatchSampler  # noqa: E402
+from msamil.models.backbone import create_backbone, select_device  # noqa: E402
 from tests.baseline_fixtures import fake_dataset  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Cache build throughput: msamil.cache against a naive read_patch loop and against the JPEG tile decode limit.
+"""Cache build throughput: msamil.cache.writer against a naive read_patch loop and against the JPEG tile decode limit.
 
 Run: .venv/bin/python benchmarks/bench_cache.py [--width-um 4096 --height-um 3072 --patch-px 64 256 --repeats 2]
 
@@ -27,12 +27,12 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from msamil import cache
-from msamil.cache import CellReader, build_cache, read_mask
-from msamil.grid import Layout, plan_layout
-from msamil.settings import SCALES
-from msamil.slide import Slide, footprints
-from msamil.svs import write_svs
+from msamil.cache import writer as cache
+from msamil.cache.grid import Layout, plan_layout
+from msamil.cache.writer import CellReader, build_cache, read_mask
+from msamil.config import SCALES
+from msamil.slides.slide import Slide, footprints
+from msamil.slides.svs import write_svs
 
 TMIN = {"20x": 0.5, "10x": 0.25, "5x": 0.1}
 

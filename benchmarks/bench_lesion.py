@@ -30,13 +30,13 @@ import pandas as pd
 import shapely
 import yaml
 
-from msamil.annotations import iter_polygons
-from msamil.cache import build_cache
-from msamil.lesion import run_lesion_infer, run_lesion_train
-from msamil.sffm import load_selection, run_sffm
-from msamil.splits import make_folds
-from msamil.synthetic import synthetic_table, write_synthetic_slide
-from msamil.tissue import run_tissue
+from msamil.cache.writer import build_cache
+from msamil.lesion.annotation_masks import iter_polygons
+from msamil.lesion.sffm import load_selection, run_sffm
+from msamil.lesion.unetpp import run_lesion_infer, run_lesion_train
+from msamil.slides.synthetic import synthetic_table, write_synthetic_slide
+from msamil.splits.folds import make_folds
+from msamil.tissue.detect import run_tissue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def results_markdown(results: list[dict[str, Any]], cfg: dict[str, Any], n_slide
 
     lc = cfg["lesion"]
     lines = [
-        "## Lesion segmentation and SFFM (`msamil.lesion`, `msamil.sffm`)",
+        "## Lesion segmentation and SFFM (`msamil.lesion.unetpp`, `msamil.lesion.sffm`)",
         "",
         f"Default synthetic set ({n_slides} slides, 3072x2048 px at 0.5 µm/px), default config: U-Net++ "
         f"`{lc['encoder']}` from scratch, {lc['epochs']} epochs, tiles {lc['tile_px']} px at {lc['seg_mpp']} µm/px, "

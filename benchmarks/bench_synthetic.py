@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from msamil.atomic import write_text
-from msamil.svs import write_svs
-from msamil.synthetic import make_slide, synthetic_table, write_synthetic_slide
+from msamil.slides.svs import write_svs
+from msamil.slides.synthetic import make_slide, synthetic_table, write_synthetic_slide
+from msamil.util.atomic import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_synthetic:start -->", "<!-- bench_synthetic:end -->"
@@ -98,7 +98,7 @@ def markdown(r: dict) -> str:
                      tuple(v * r["n_default"] for v in r["total"])))
     lines = [
         START,
-        "## Synthetic slides (`msamil.synthetic`)",
+        "## Synthetic slides (`msamil.slides.synthetic`)",
         "",
         f"One default slide is {r['width']}x{r['height']} px at 0.5 µm/px; medians of {r['n']} slides in one "
         f"process on {platform.machine()} with {os.cpu_count()} CPUs visible. Wall time depends on how busy the "

@@ -1,6 +1,6 @@
 """Benchmarks of the end-to-end MsaMIL-Net training step (issue 9).
 
-1. Throughput: patches/s of the full training step (bag read from a real HDF5 cache with `msamil.data.BagReader`,
+1. Throughput: patches/s of the full training step (bag read from a real HDF5 cache with `msamil.cache.bags.BagReader`,
    uint8 -> input conversion, backbone in micro-batches with activation checkpointing, IAAM, loss, backward,
    AdamW step) against a plain timm training loop of the same backbone, input size and batch on random tensors,
    in the same process, interleaved so machine load hits both alike.
@@ -30,11 +30,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msamil.backbone import select_device  # noqa: E402
-from msamil.data import BagReader  # noqa: E402
-from msamil.evaluate import peak_memory_mb  # noqa: E402
+from msamil.cache.bags import BagReader  # noqa: E402
 from msamil.models import MsaMILNet  # noqa: E402
-from msamil.train import autocast, bag_forward  # noqa: E402
+from msamil.models.backbone import select_device  # noqa: E402
+from msamil.training.inference import autocast, bag_forward  # noqa: E402
+from msamil.training.outputs import peak_memory_mb  # noqa: E402
 
 
 def model_cfg(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 def _slide_info(args: argparse.Namespace) -> int:
     from msamil.errors import SlideError
-    from msamil.slide import Slide
+    from msamil.slides.slide import Slide
 
     status = 0
     for path in args.slides:

@@ -1,7 +1,7 @@
 # Aggregate stage: the paper's tables and figures across datasets, and per-slide QC sheets, all in the report.
-# Paths and slide choices live in msamil.report.AggregatePlan (plain Python, unit-tested); `aggregate_targets()`
-# lists every output of this stage for `rule all`.
-from msamil.report import AggregatePlan
+# Paths and slide choices live in msamil.reporting.report.AggregatePlan (plain Python, unit-tested);
+# `aggregate_targets()` lists every output of this stage for `rule all`.
+from msamil.reporting.report import AggregatePlan
 
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"

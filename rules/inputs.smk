@@ -23,7 +23,7 @@ def lesion_slide_files(wildcards):
 
 
 def synthetic_slide_ids():
-    """syn_000 .. syn_{n-1}: the same names as msamil.synthetic.slide_ids (the Snakefile cannot import it)."""
+    """syn_000 .. syn_{n-1}: the same names as msamil.slides.synthetic.slide_ids (the Snakefile cannot import it)."""
     return [f"syn_{i:03d}" for i in range(int(SYNTHETIC.get("n_slides", 0)))]
 
 

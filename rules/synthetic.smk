@@ -1,6 +1,6 @@
 # The embedded synthetic dataset (DESIGN.md section 9): a table of slides/patients/labels, then one job per slide
-# that draws an Aperio SVS and its lesion GeoJSON (msamil.synthetic). Slide ids are known from the config, so no
-# checkpoint is needed: syn_000 .. syn_{n_slides-1} (the same names as msamil.synthetic.slide_ids).
+# that draws an Aperio SVS and its lesion GeoJSON (msamil.slides.synthetic). Slide ids are known from the config,
+# so no checkpoint is needed: syn_000 .. syn_{n_slides-1} (the same names as msamil.slides.synthetic.slide_ids).
 
 SYNTHETIC_DATASETS = [
     name

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from msamil.report import is_ablation
+from msamil.reporting.report import is_ablation
 
 # Dataset names must be in the config schema's enum; the second one is multi-class on purpose.
 FAKE_CLASSES = {"synthetic": ["benign", "malignant"], "ubc_ocean": ["CC", "EC", "HGSC"]}

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import torch
 
-from msamil.backbone import create_backbone
 from msamil.baselines import run as run_mod
 from msamil.baselines.abmil import GatedABMIL, predict_abmil, train_abmil
 from msamil.baselines.augment import random_geometry
@@ -22,7 +21,8 @@ from msamil.baselines.features import extract_features_job, read_feature_file
 from msamil.baselines.icmil import confidence_weights, icmil_losses, instance_teacher, mean_kl
 from msamil.baselines.run import Audit, run_baseline
 from msamil.baselines.sampling import PatchSampler
-from msamil.metrics import classification_metrics
+from msamil.models.backbone import create_backbone
+from msamil.training.metrics import classification_metrics
 from tests.baseline_fixtures import fake_dataset, tiny_config
 
 TINY = {"backbone": "test_efficientnet", "pretrained": False, "pretrained_path": None, "input_px": 32}

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from cache_fixtures import make_pair, write_aperio_tiff, write_mask_png
 
-from msamil import cache as cache_mod
-from msamil.cache import build_cache, build_cache_from_table
+from msamil.cache import writer as cache_mod
+from msamil.cache.grid import box_fractions, plan_layout
+from msamil.cache.writer import build_cache, build_cache_from_table
+from msamil.config import SCALES
 from msamil.errors import SlideError
-from msamil.grid import box_fractions, plan_layout
-from msamil.settings import SCALES
-from msamil.slide import Slide, rgba_to_rgb_white
+from msamil.slides.slide import Slide, rgba_to_rgb_white
 
 P = 64
 TMIN = {"20x": 0.5, "10x": 0.25, "5x": 0.1}

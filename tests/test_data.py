@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from msamil.data import Bag, BagReader
+from msamil.cache.bags import Bag, BagReader
+from msamil.config import SCALES
 from msamil.errors import SlideError
-from msamil.settings import SCALES
 
 P = 8
 COUNTS = {"20x": 50, "10x": 20, "5x": 6}
@@ -175,7 +175,7 @@ def test_reader_on_built_cache(tmp_path: Path) -> None:
     """End to end with a real slide: bag patches equal the cache's stored arrays."""
     from cache_fixtures import make_pair
 
-    from msamil.cache import build_cache
+    from msamil.cache.writer import build_cache
 
     v = make_pair(tmp_path / "slides", width_um=600.0, height_um=400.0)["s20"]
     out = tmp_path / "s20.h5"
@@ -190,7 +190,7 @@ def test_reader_on_built_cache(tmp_path: Path) -> None:
 
 
 def test_balanced_shares_fill_evenly_within_what_each_scale_has():
-    from msamil.data import balanced_shares
+    from msamil.cache.bags import balanced_shares
 
     assert balanced_shares([100, 40, 20], 48).tolist() == [16, 16, 16]
     assert balanced_shares([100, 40, 10], 48).tolist() == [19, 19, 10]

@@ -15,7 +15,7 @@ import shapely
 import yaml
 from shapely.geometry import shape
 
-from msamil.datasets import annotations as ann
+from msamil.datasets import annotation_formats as ann
 from msamil.datasets.convert import convert_to_tiff
 from msamil.datasets.registry import DATASETS, build_tables, scan, write_dataset_tables
 from msamil.errors import ConfigError
@@ -169,7 +169,7 @@ def test_convert_annotation_writes_geojson(tmp_path: Path) -> None:
     assert data["type"] == "FeatureCollection"
     assert shape(data["features"][0]["geometry"]).area == pytest.approx(100)
     # the lesion stage's reader accepts it
-    from msamil.annotations import iter_polygons
+    from msamil.lesion.annotation_masks import iter_polygons
 
     assert len(list(iter_polygons(data))) == 1
 
@@ -177,7 +177,7 @@ def test_convert_annotation_writes_geojson(tmp_path: Path) -> None:
 def test_lesion_free_slide_gets_an_empty_collection(tmp_path: Path) -> None:
     out = tmp_path / "benign.geojson"
     assert ann.convert_annotation("empty", [], str(out), slide="benign") == 0
-    from msamil.annotations import lesion_mask
+    from msamil.lesion.annotation_masks import lesion_mask
 
     mask = lesion_mask(out, 1000, 800, 0.5, 8.0, "benign")
     assert mask.shape == (50, 63) and not mask.any()

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msamil.metrics import classification_metrics, prob_columns
+from msamil.training.metrics import classification_metrics, prob_columns
 
 RESULTS = os.environ.get("MSAMIL_RESULTS")
 pytestmark = pytest.mark.skipif(not RESULTS, reason="set MSAMIL_RESULTS to a finished run's results/ directory")

@@ -16,13 +16,13 @@ import yaml
 from fake_results import FAKE_CLASSES, FAKE_METHODS, build_fake_results
 from PIL import Image
 
-from msamil.figures.curves import fig3a_unetpp_iou, pooled_roc, roc_figure
-from msamil.figures.efficiency import efficiency_figure
-from msamil.figures.heatmaps import attention_figure
-from msamil.figures.paired import fig3b_dino_vs_e2e
-from msamil.figures.qc import qc_sheets
-from msamil.figures.sffm import fig2_sffm
-from msamil.figures.style import figure_px, method_color
+from msamil.reporting.figures.curves import fig3a_unetpp_iou, pooled_roc, roc_figure
+from msamil.reporting.figures.efficiency import efficiency_figure
+from msamil.reporting.figures.heatmaps import attention_figure
+from msamil.reporting.figures.paired import fig3b_dino_vs_e2e
+from msamil.reporting.figures.qc import qc_sheets
+from msamil.reporting.figures.sffm import fig2_sffm
+from msamil.reporting.figures.style import figure_px, method_color
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ["synthetic", "ubc_ocean"]

@@ -9,7 +9,7 @@ import pytest
 import slide_fixtures as sf
 
 from msamil.errors import MsamilError
-from msamil.inspection import EXCLUDED_COLUMNS, SLIDES_COLUMNS, inspect_dataset
+from msamil.slides.inspection import EXCLUDED_COLUMNS, SLIDES_COLUMNS, inspect_dataset
 
 TISSUE = {"seg_mpp": 4.0, "median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0,
           "min_tissue_area_um2": 1000.0, "min_hole_area_um2": 500.0}

@@ -11,7 +11,13 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from msamil.annotations import has_annotation, iter_polygons, lesion_mask, mask_shape, rasterize_polygons
+from msamil.lesion.annotation_masks import (
+    has_annotation,
+    iter_polygons,
+    lesion_mask,
+    mask_shape,
+    rasterize_polygons,
+)
 
 POLYGONS = {
     "type": "FeatureCollection",
@@ -81,7 +87,7 @@ def test_has_annotation() -> None:
 
 # ------------------------------------------------------------------------------------------------- U-Net++
 torch = pytest.importorskip("torch")
-from msamil.lesion import NoLesionError, SegSample, predict_logits, train_unetpp  # noqa: E402
+from msamil.lesion.unetpp import NoLesionError, SegSample, predict_logits, train_unetpp  # noqa: E402
 
 TINY = {"encoder": "resnet18", "tile_px": 64, "epochs": 3, "batch_size": 4, "lr": 2e-3, "prob_threshold": 0.5,
         "seg_mpp": 8.0, "encoder_weights": None}
@@ -155,7 +161,7 @@ def test_training_is_seeded(tmp_path) -> None:
 
 def test_local_encoder_weights_are_loaded(tmp_path) -> None:
     from msamil.errors import ConfigError
-    from msamil.lesion import build_model
+    from msamil.lesion.unetpp import build_model
 
     torch.manual_seed(1)
     source = build_model("resnet18")
@@ -172,7 +178,7 @@ def test_rule_entry_points_on_slide_files(tmp_path, caplog) -> None:
     """Train on a fold's annotated train slides (unannotated skipped and counted), infer a map for every slide."""
     import h5py
 
-    from msamil.lesion import run_lesion_infer, run_lesion_train
+    from msamil.lesion.unetpp import run_lesion_infer, run_lesion_train
     from tests.slide_fixtures import write_aperio
 
     torch.set_num_threads(1)

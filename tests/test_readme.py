@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msamil.readme import END, START, demo_section, update_readme
+from msamil.reporting.readme import END, START, demo_section, update_readme
 
 
 def test_demo_block_is_replaced_and_the_rest_kept(tmp_path):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from msamil.errors import SlideError
-from msamil.sffm import footprint_fractions, load_selection, run_sffm, select_patches
+from msamil.lesion.sffm import footprint_fractions, load_selection, run_sffm, select_patches
 
 MAP_MPP = 8.0
 SLIDE_MPP = 0.5  # 16 level-0 px per map pixel

@@ -1,4 +1,4 @@
-"""msamil.slide: MPP resolution order, level choice with real scanners' quirks, white borders, patch reads."""
+"""msamil.slides.slide: MPP resolution order, level choice with real scanners' quirks, white borders, patch reads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import slide_fixtures as sf
 
 from msamil.errors import SlideError
-from msamil.slide import (
+from msamil.slides.slide import (
     Slide,
     best_level,
     footprints,
@@ -291,7 +291,7 @@ def test_truncated_tile_data_detected(tmp_path, odd_image):
 
 def test_image_at_mpp_in_bands_matches_single_read(files, monkeypatch):
     """Huge single-level slides are read in bands; with an integer ratio the result is identical."""
-    import msamil.slide as slide_mod
+    import msamil.slides.slide as slide_mod
 
     with Slide.open(files["single"], "s") as s:
         whole = s.image_at_mpp(2.0)
@@ -301,7 +301,7 @@ def test_image_at_mpp_in_bands_matches_single_read(files, monkeypatch):
 
 
 def test_verify_large_coarsest_level_reads_regions(files, monkeypatch):
-    import msamil.slide as slide_mod
+    import msamil.slides.slide as slide_mod
 
     monkeypatch.setattr(slide_mod, "VERIFY_READ_PX", 100)
     with Slide.open(files["single"], "s") as s:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from msamil.errors import ConfigError
-from msamil.splits import make_folds, run_splits
+from msamil.splits.folds import make_folds, run_splits
 
 
 def slide_table(seed: int, n_slides: int = 30, n_patients: int = 26, classes=("benign", "malignant")

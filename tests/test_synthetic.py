@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from msamil.errors import ConfigError
-from msamil.svs import default_downsamples, pyramid, write_svs
-from msamil.synthetic import (
+from msamil.slides.svs import default_downsamples, pyramid, write_svs
+from msamil.slides.synthetic import (
     make_slide,
     plan_slide,
     slide_rng,

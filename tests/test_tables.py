@@ -12,8 +12,8 @@ import pytest
 from fake_results import build_fake_results
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from msamil.report import method_label, pick_slides, spread_over_datasets
-from msamil.tables import build_tables
+from msamil.reporting.report import method_label, pick_slides, spread_over_datasets
+from msamil.reporting.tables import build_tables
 
 MISSING = ("ubc_ocean", "icmil_abmil")
 
@@ -162,7 +162,7 @@ def test_slide_picks_cover_classes():
 def test_aggregate_plan_targets_and_inputs(tmp_path):
     from types import SimpleNamespace
 
-    from msamil.report import AggregatePlan
+    from msamil.reporting.report import AggregatePlan
 
     slides = tmp_path / "slides.tsv"
     pd.DataFrame({"slide": ["a", "b", "c"], "label": ["x", "y", "x"]}).to_csv(slides, sep="\t", index=False)

@@ -1,4 +1,4 @@
-"""msamil.tissue: known blobs are found, physical settings give the same mask at any MPP, borders, empty slides."""
+"""msamil.tissue.detect: known blobs are found, physical settings give the same mask at any MPP, borders, empty slides."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import slide_fixtures as sf
 
-from msamil.tissue import mask_to_geojson, run_tissue, saturation_threshold, tissue_mask
+from msamil.tissue.detect import mask_to_geojson, run_tissue, saturation_threshold, tissue_mask
 
 CFG = {"median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0, "min_tissue_area_um2": 5000.0,
        "min_hole_area_um2": 2000.0}

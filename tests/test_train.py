@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from msamil.schedule import WarmupCosine
-from msamil.train import RESUME_DIR, run_training
+from msamil.training.schedule import WarmupCosine
+from msamil.training.trainer import RESUME_DIR, run_training
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ class Bag:
 
 
 class FakeReader:
-    """Quacks like msamil.data.BagReader over an .npz 'cache'."""
+    """Quacks like msamil.cache.bags.BagReader over an .npz 'cache'."""
 
     def __init__(self, path, indices=None, scales=None):
         with np.load(path) as d:
@@ -191,7 +191,7 @@ def test_warmup_then_cosine():
 
 
 def _write_h5_cache(path: Path, slide: str, label: int, rng: np.random.Generator, px: int = 16) -> None:
-    """A cache in the CONTRACT layout (root attrs, one group per scale), as msamil.cache writes it."""
+    """A cache in the CONTRACT layout (root attrs, one group per scale), as msamil.cache.writer writes it."""
     with h5py.File(path, "w") as h5:
         h5.attrs.update({"slide": slide, "width": 1024, "height": 768, "patch_px": px, "mpp": 0.5,
                          "complete": True})
@@ -205,7 +205,7 @@ def _write_h5_cache(path: Path, slide: str, label: int, rng: np.random.Generator
 
 
 def test_real_bag_reader_and_sffm_selection(tmp_path):
-    """The trainer on msamil.data.BagReader and msamil.sffm.load_selection: only kept patches are used."""
+    """The trainer on msamil.cache.bags.BagReader and msamil.lesion.sffm.load_selection: only kept patches are used."""
     data = make_dataset(tmp_path)  # slides.tsv / folds.tsv; caches replaced by real HDF5 ones below
     rng = np.random.default_rng(1)
     kept = {"20x": [0, 2, 3], "10x": [1], "5x": []}
@@ -228,7 +228,7 @@ def test_real_bag_reader_and_sffm_selection(tmp_path):
 
 
 def test_class_interleaved_order_mixes_every_pair_and_keeps_all_slides():
-    from msamil.train import class_interleaved_order
+    from msamil.training.data import class_interleaved_order
 
     labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
     order = class_interleaved_order(labels, np.random.default_rng(0))

@@ -1,4 +1,6 @@
-"""Baselines compared with MsaMIL-Net on the same folds, backbone and initialisation (DESIGN.md section 7).
+"""Stage "baselines": ABMIL, DINO + ABMIL and ICMIL, compared with MsaMIL-Net (rules/baselines.smk).
+
+Same folds, backbone and initialisation as MsaMIL-Net (DESIGN.md section 7).
 
 - `features`: frozen-backbone embeddings of every tissue 20x patch of a slide (CLAM-style feature files).
 - `abmil`: the gated attention MIL head (Ilse et al. 2018) shared by all three baselines.

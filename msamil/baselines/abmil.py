@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from msamil.metrics import classification_metrics
+from msamil.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msamil.backbone import IMAGENET_MEAN, IMAGENET_STD
+from msamil.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_unit(imgs: np.ndarray | torch.Tensor, input_px: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -26,7 +26,7 @@ def to_unit(imgs: np.ndarray | torch.Tensor, input_px: int, device: torch.device
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet mean/std, the same normalisation feature extraction uses (msamil.backbone.to_input)."""
+    """ImageNet mean/std, the same normalisation feature extraction uses (msamil.models.backbone.to_input)."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -1,6 +1,6 @@
 """Frozen-backbone features of every tissue 20x patch of a slide: the first stage of the two-stage baselines.
 
-The backbone is `msamil.backbone.create_backbone` with the config seed, i.e. the very initialisation MsaMIL-Net
+The backbone is `msamil.models.backbone.create_backbone` with the config seed, i.e. the very initialisation MsaMIL-Net
 starts from, and its feature map is global-average-pooled. Feature files follow CLAM's layout (`features` (N, C)
 float32, `coords` (N, 2) int64 with attrs `patch_level`, `patch_size`) so CLAM-based tools read them unchanged.
 """
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from msamil.atomic import atomic_path
-from msamil.backbone import create_backbone, select_device, to_input
+from msamil.models.backbone import create_backbone, select_device, to_input
+from msamil.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _patch_size_level0(cache_path: str | Path) -> int:
 
 def iter_slide_chunks(cache_path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(imgs, coords) in chunks over all tissue 20x patches of a cached slide, in cache order."""
-    from msamil.data import BagReader
+    from msamil.cache.bags import BagReader
 
     reader = BagReader(cache_path, scales=[SCALE])
     for bag in reader.chunks(chunk):

@@ -20,9 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from msamil import splits
-from msamil.atomic import atomic_path, write_tsv
-from msamil.backbone import create_backbone, select_device
 from msamil.baselines.abmil import ABMILResult, predict_abmil, train_abmil
 from msamil.baselines.dino import dino_pretrain
 from msamil.baselines.features import (
@@ -34,9 +31,12 @@ from msamil.baselines.features import (
 )
 from msamil.baselines.icmil import icmil_config, icmil_finetune
 from msamil.baselines.sampling import PatchSampler, count_patches
+from msamil.config import method_settings
 from msamil.errors import ConfigError
-from msamil.evaluate import peak_memory_mb, predictions_frame, write_run_outputs
-from msamil.settings import method_settings
+from msamil.models.backbone import create_backbone, select_device
+from msamil.splits import folds
+from msamil.training.outputs import peak_memory_mb, predictions_frame, write_run_outputs
+from msamil.util.atomic import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ class Audit:
 
 
 def load_fold(slides_tsv: str | Path, folds_tsv: str | Path, fold: int, classes: Sequence[str]) -> FoldData:
-    """The shared fold reader (msamil.splits.load_fold), as sorted split lists and a {slide: label} map."""
-    split = splits.load_fold(slides_tsv, folds_tsv, int(fold), classes)
+    """The shared fold reader (msamil.splits.folds.load_fold), as sorted split lists and a {slide: label} map."""
+    split = folds.load_fold(slides_tsv, folds_tsv, int(fold), classes)
     labels = {s: lab for k in ("train", "val", "test") for s, lab in zip(split.slides[k], split.labels[k], strict=True)}
     return FoldData(*(sorted(split.slides[k]) for k in ("train", "val", "test")), labels, list(classes))
 

@@ -44,7 +44,7 @@ class PatchSampler:
 
     def _reader(self, slide: str) -> Any:
         if slide not in self._readers:
-            from msamil.data import BagReader
+            from msamil.cache.bags import BagReader
 
             self._readers[slide] = BagReader(self.paths[slide], scales=[SCALE])
         return self._readers[slide]

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from msamil.atomic import atomic_path
 from msamil.errors import SlideError
+from msamil.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

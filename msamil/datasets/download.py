@@ -24,9 +24,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from msamil.atomic import write_json
-from msamil.checksum import sha256_file
 from msamil.errors import ConfigError, MsamilError
+from msamil.util.atomic import write_json
+from msamil.util.checksum import sha256_file
 
 log = logging.getLogger(__name__)
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2")

@@ -364,7 +364,7 @@ def write_dataset_tables(dataset: str, manifest: str, ds_cfg: dict[str, Any], ta
     """
     import json
 
-    from msamil.atomic import write_tsv
+    from msamil.util.atomic import write_tsv
 
     root = json.loads(Path(manifest).read_text())["root"]
     results = results if results is not None else Path(table_out).parents[2].as_posix()

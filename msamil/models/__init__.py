@@ -1,4 +1,8 @@
-"""MsaMIL-Net models: MSFEM patch encoder, IAAM fusion (MHE + DMQ, or gated attention), the full network."""
+"""Stage "models": MsaMIL-Net and the shared patch backbone (rules/train.smk, baselines.smk, lesion.smk).
+
+MSFEM patch encoder, IAAM fusion (MHE + DMQ, or gated attention), the full network; `backbone` creates the
+backbone every method shares and picks the device.
+"""
 
 from msamil.models.iaam import IAAM, DMQPool, GatedAttentionPool, MHEBlock, instance_order
 from msamil.models.msamil_net import MsaMILNet, build_model

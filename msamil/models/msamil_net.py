@@ -94,7 +94,7 @@ class MsaMILNet(nn.Module):
 
 
 def build_model(settings: dict[str, Any], n_classes: int, seed: int | None = None) -> MsaMILNet:
-    """The model of one method from `msamil.settings.method_settings` output."""
+    """The model of one method from `msamil.config.method_settings` output."""
     return MsaMILNet(settings["model"], n_classes, scales=settings["scales"], mhe=settings["mhe"],
                      pooling=settings["pooling"], freeze_backbone=settings["freeze_backbone"], seed=seed)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msamil.backbone import create_backbone
+from msamil.models.backbone import create_backbone
 
 
 def _feature_grid(backbone: nn.Module, input_px: int) -> int:

@@ -1,7 +1,7 @@
 """Rule `baseline`: one baseline method (abmil, dino_abmil, icmil_abmil) on one fold (msamil.baselines.run)."""
 
 from msamil.baselines.run import run_baseline
-from msamil.runlog import log_to
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     features = getattr(snakemake.input, "features", None)

@@ -1,7 +1,7 @@
-"""Rule `cache`: build the aligned multi-scale patch cache of one slide (msamil.cache)."""
+"""Rule `cache`: build the aligned multi-scale patch cache of one slide (msamil.cache.writer)."""
 
-from msamil.cache import build_cache_from_table
-from msamil.runlog import log_to
+from msamil.cache.writer import build_cache_from_table
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     build_cache_from_table(

@@ -1,7 +1,7 @@
 """Snakemake adapter: one slide's lesion annotation (mask, JSON or ASAP XML) -> GeoJSON polygons."""
 
-from msamil.datasets.annotations import convert_annotation
-from msamil.runlog import log_to
+from msamil.datasets.annotation_formats import convert_annotation
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     convert_annotation(

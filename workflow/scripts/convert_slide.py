@@ -1,7 +1,7 @@
 """Snakemake adapter: stream one plain JPEG/PNG image into a pyramidal TIFF with its MPP."""
 
 from msamil.datasets.convert import convert_to_tiff
-from msamil.runlog import log_to
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     convert_to_tiff(

@@ -1,7 +1,7 @@
 """Snakemake adapter: list a fetched dataset's slides into raw/table.tsv and raw/sources.tsv."""
 
 from msamil.datasets.registry import write_dataset_tables
-from msamil.runlog import log_to
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     write_dataset_tables(

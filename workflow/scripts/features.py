@@ -1,7 +1,7 @@
 """Rule `features`: frozen-backbone features of one slide's 20x patches (msamil.baselines.features)."""
 
 from msamil.baselines.features import extract_features_job
-from msamil.runlog import log_to
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     extract_features_job(

@@ -1,9 +1,9 @@
-"""Rule `attention_heatmaps`: MsaMIL-Net attention per scale on held-out slides (msamil.figures.heatmaps)."""
+"""Rule `attention_heatmaps`: MsaMIL-Net attention per scale on held-out slides (msamil.reporting.figures.heatmaps)."""
 
 from pathlib import Path
 
-from msamil.figures.heatmaps import attention_figure
-from msamil.runlog import log_to
+from msamil.reporting.figures.heatmaps import attention_figure
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
 

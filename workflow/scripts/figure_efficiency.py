@@ -1,9 +1,9 @@
-"""Rule `efficiency_plot`: accuracy vs throughput and training cost per method (msamil.figures.efficiency)."""
+"""Rule `efficiency_plot`: accuracy vs throughput and training cost per method (msamil.reporting.figures.efficiency)."""
 
 from pathlib import Path
 
-from msamil.figures.efficiency import efficiency_figure
-from msamil.runlog import log_to
+from msamil.reporting.figures.efficiency import efficiency_figure
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
 

@@ -1,9 +1,9 @@
-"""Rule `fig2_sffm`: thumbnail, tissue mask, lesion probability and kept patches (msamil.figures.sffm)."""
+"""Rule `fig2_sffm`: thumbnail, tissue mask, lesion probability and kept patches (msamil.reporting.figures.sffm)."""
 
 from pathlib import Path
 
-from msamil.figures.sffm import fig2_sffm
-from msamil.runlog import log_to
+from msamil.reporting.figures.sffm import fig2_sffm
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
 

@@ -1,9 +1,9 @@
-"""Rule `fig3a_unetpp_iou`: U-Net++ validation IoU per epoch (msamil.figures.curves)."""
+"""Rule `fig3a_unetpp_iou`: U-Net++ validation IoU per epoch (msamil.reporting.figures.curves)."""
 
 from pathlib import Path
 
-from msamil.figures.curves import fig3a_unetpp_iou
-from msamil.runlog import log_to
+from msamil.reporting.figures.curves import fig3a_unetpp_iou
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
 

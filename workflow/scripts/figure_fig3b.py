@@ -1,9 +1,9 @@
-"""Rule `fig3b_dino_vs_e2e`: per-fold paired DINO two-stage vs end-to-end scores (msamil.figures.paired)."""
+"""Rule `fig3b_dino_vs_e2e`: per-fold paired DINO two-stage vs end-to-end scores (msamil.reporting.figures.paired)."""
 
 from pathlib import Path
 
-from msamil.figures.paired import fig3b_dino_vs_e2e
-from msamil.runlog import log_to
+from msamil.reporting.figures.paired import fig3b_dino_vs_e2e
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
 

@@ -1,9 +1,9 @@
-"""Rule `qc_sheets`: one QC sheet per usable slide for the report's QC category (msamil.figures.qc)."""
+"""Rule `qc_sheets`: one QC sheet per usable slide for the report's QC category (msamil.reporting.figures.qc)."""
 
 from pathlib import Path
 
-from msamil.figures.qc import qc_sheets
-from msamil.runlog import log_to
+from msamil.reporting.figures.qc import qc_sheets
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.sheets).parents[1]  # outputs lie one level below the results root
 

@@ -1,9 +1,9 @@
-"""Rule `roc_curves`: pooled out-of-fold ROC of every method on one dataset (msamil.figures.curves)."""
+"""Rule `roc_curves`: pooled out-of-fold ROC of every method on one dataset (msamil.reporting.figures.curves)."""
 
 from pathlib import Path
 
-from msamil.figures.curves import roc_figure
-from msamil.runlog import log_to
+from msamil.reporting.figures.curves import roc_figure
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.png).parents[1]  # outputs lie one level below the results root
 

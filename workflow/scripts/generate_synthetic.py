@@ -1,7 +1,7 @@
-"""Rule `generate_synthetic`: draw one synthetic Aperio slide and its lesion GeoJSON (msamil.synthetic)."""
+"""Rule `generate_synthetic`: draw one synthetic Aperio slide and its lesion GeoJSON (msamil.slides.synthetic)."""
 
-from msamil.runlog import log_to
-from msamil.synthetic import generate_synthetic
+from msamil.slides.synthetic import generate_synthetic
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     generate_synthetic(

@@ -1,7 +1,7 @@
-"""Adapter for the `inspect` checkpoint: msamil.inspection.inspect_dataset on one dataset's raw table."""
+"""Adapter for the `inspect` checkpoint: msamil.slides.inspection.inspect_dataset on one dataset's raw table."""
 
-from msamil.inspection import inspect_dataset
-from msamil.runlog import log_to
+from msamil.slides.inspection import inspect_dataset
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     inspect_dataset(

@@ -1,7 +1,7 @@
 """Rule `lesion_infer`: a lesion probability map of every usable slide with one fold's segmenter."""
 
-from msamil.lesion import run_lesion_infer
-from msamil.runlog import log_to
+from msamil.lesion.unetpp import run_lesion_infer
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     run_lesion_infer(

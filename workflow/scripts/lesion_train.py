@@ -1,7 +1,7 @@
 """Rule `lesion_train`: the U-Net++ lesion segmenter of one fold, trained on that fold's training slides."""
 
-from msamil.lesion import run_lesion_train
-from msamil.runlog import log_to
+from msamil.lesion.unetpp import run_lesion_train
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     run_lesion_train(

@@ -1,7 +1,7 @@
-"""Rule `sffm`: per slide and scale, the cache patches whose footprint is mostly lesion (msamil.sffm)."""
+"""Rule `sffm`: per slide and scale, the cache patches whose footprint is mostly lesion (msamil.lesion.sffm)."""
 
-from msamil.runlog import log_to
-from msamil.sffm import run_sffm
+from msamil.lesion.sffm import run_sffm
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     run_sffm(

@@ -1,7 +1,7 @@
-"""Rule `splits`: k stratified, patient-grouped folds of a dataset (msamil.splits)."""
+"""Rule `splits`: k stratified, patient-grouped folds of a dataset (msamil.splits.folds)."""
 
-from msamil.runlog import log_to
-from msamil.splits import run_splits
+from msamil.splits.folds import run_splits
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     run_splits(

@@ -1,7 +1,7 @@
-"""Rule `synthetic_table`: the synthetic dataset's raw table (msamil.synthetic.write_table)."""
+"""Rule `synthetic_table`: the synthetic dataset's raw table (msamil.slides.synthetic.write_table)."""
 
-from msamil.runlog import log_to
-from msamil.synthetic import write_table
+from msamil.slides.synthetic import write_table
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     write_table(

@@ -1,9 +1,9 @@
-"""Rule `tables`: main results, ablation, efficiency and SFFM tables (msamil.tables.build_tables)."""
+"""Rule `tables`: main results, ablation, efficiency and SFFM tables (msamil.reporting.tables.build_tables)."""
 
 from pathlib import Path
 
-from msamil.runlog import log_to
-from msamil.tables import build_tables
+from msamil.reporting.tables import build_tables
+from msamil.util.runlog import log_to
 
 RESULTS = Path(snakemake.output.main_results_tsv).parents[1]  # outputs lie one level below the results root
 

@@ -1,7 +1,7 @@
-"""Adapter for the `tissue` rule: msamil.tissue.run_tissue_from_table for one slide of slides.tsv."""
+"""Adapter for the `tissue` rule: msamil.tissue.detect.run_tissue_from_table for one slide of slides.tsv."""
 
-from msamil.runlog import log_to
-from msamil.tissue import run_tissue_from_table
+from msamil.tissue.detect import run_tissue_from_table
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     run_tissue_from_table(

@@ -1,7 +1,7 @@
-"""Rule `train`: one MsaMIL-Net run (dataset x method x fold), see msamil.train.run_training."""
+"""Rule `train`: one MsaMIL-Net run (dataset x method x fold), see msamil.training.trainer.run_training."""
 
-from msamil.runlog import log_to
-from msamil.train import run_training
+from msamil.training.trainer import run_training
+from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
     selection = getattr(snakemake.input, "selection", None)

@@ -1,0 +1,325 @@
+"""The paper's tables (main results, ablation, efficiency, SFFM selection) as TSV, Markdown and LaTeX.
+
+Metrics are recomputed here from every run's predictions.tsv with the same `classification_metrics` the runs
+use, rather than read from metrics.json: the tables then depend only on predictions, which a test can check
+independently, and a stale metrics.json can never leak into the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from msamil.config import SCALES
+from msamil.reporting.report import (
+    ablation_methods,
+    lesion_dir,
+    load_efficiency,
+    load_predictions,
+    main_methods,
+    method_label,
+)
+from msamil.training.metrics import classification_metrics, prob_columns
+from msamil.util.atomic import write_text, write_tsv
+
+log = logging.getLogger("msamil.reporting.tables")
+
+METRICS = ("acc", "balanced_acc", "macro_f1", "auc")
+SHOWN = {"acc": "ACC", "auc": "AUC"}  # the metrics the Markdown/LaTeX tables print (the TSV has all four)
+DIGITS = 3  # printed precision of Markdown/LaTeX
+TSV_DIGITS = 4
+EFFICIENCY_FIELDS = {
+    "patches_per_slide": "Patches / slide",
+    "seconds_per_epoch": "s / epoch",
+    "train_patches_per_s": "Train patches / s",
+    "infer_patches_per_s": "Infer patches / s",
+    "peak_mem_mb": "Peak mem. (MB)",
+}
+TABLE_NAMES = ("main_results", "ablation", "efficiency", "sffm")
+FORMATS = ("tsv", "md", "tex")
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+def fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, method, fold) with ACC, balanced ACC, macro-F1, AUC and n."""
+    rows = []
+    for (dataset, method, fold), group in predictions.groupby(["dataset", "method", "fold"], sort=False):
+        probs = group[prob_columns(group)].to_numpy(dtype=float)
+        metrics = classification_metrics(group["label"].to_numpy(dtype=int), probs)
+        rows.append({"dataset": dataset, "method": method, "fold": int(fold), **metrics})
+    return pd.DataFrame(rows, columns=["dataset", "method", "fold", *METRICS, "n"])
+
+
+def summarize(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation (ddof=1) over folds; NaN folds (single-class AUC) are left out."""
+    rows = []
+    for (dataset, method), group in per_fold.groupby(["dataset", "method"], sort=False):
+        row: dict[str, Any] = {"dataset": dataset, "method": method, "n_folds": len(group)}
+        for metric in METRICS:
+            values = group[metric].astype(float)
+            row[f"{metric}_mean"] = values.mean()
+            row[f"{metric}_std"] = values.std(ddof=1)
+        rows.append(row)
+    columns = ["dataset", "method", "n_folds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def efficiency_summary(efficiency: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each efficiency field over folds, per (dataset, method); the device(s) the runs used."""
+    columns = ["dataset", "method", "n_folds", *EFFICIENCY_FIELDS, "device"]
+    if efficiency.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (dataset, method), group in efficiency.groupby(["dataset", "method"], sort=False):
+        row: dict[str, Any] = {"dataset": dataset, "method": method, "n_folds": len(group)}
+        for field in EFFICIENCY_FIELDS:
+            row[field] = pd.to_numeric(group[field], errors="coerce").mean() if field in group else np.nan
+        row["device"] = ",".join(sorted(set(group["device"].astype(str)))) if "device" in group else ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def selection_summary(results: str | Path, datasets: Sequence[str], folds: Sequence[int],
+                      scales: Sequence[str] = SCALES) -> pd.DataFrame:
+    """Patches per slide before (all tissue) and after SFFM, per dataset and scale, from selection.h5.
+
+    `lesion_frac` has one entry per cache patch, so its length is the all-tissue count and no cache is needed.
+    Averaged over every (fold, slide) pair; the `all` row sums the scales per slide first.
+    """
+    records = []
+    for dataset in datasets:
+        for fold in folds:
+            path = lesion_dir(results, dataset, fold) / "selection.h5"
+            if not path.exists():
+                log.warning("skipping SFFM selection of %s fold %d: %s does not exist", dataset, fold, path)
+                continue
+            with h5py.File(path, "r") as handle:
+                for slide, group in handle.items():
+                    if not isinstance(group, h5py.Group):
+                        continue
+                    for scale in scales:
+                        if scale not in group:
+                            continue
+                        sub = group[scale]
+                        records.append({
+                            "dataset": dataset, "fold": fold, "slide": slide, "scale": scale,
+                            "tissue": int(sub["lesion_frac"].shape[0]), "kept": int(sub["kept"].shape[0]),
+                            "fallback": bool(sub.attrs.get("fallback", False)),
+                        })
+    columns = ["dataset", "scale", "n_slides", "tissue_per_slide", "kept_per_slide", "kept_pct", "fallback_pct"]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(records)
+    total = frame.groupby(["dataset", "fold", "slide"], as_index=False, sort=False).agg(
+        tissue=("tissue", "sum"), kept=("kept", "sum"), fallback=("fallback", "any"))
+    total["scale"] = "all"
+    frame = pd.concat([frame, total], ignore_index=True)
+    rows = []
+    for (dataset, scale), group in frame.groupby(["dataset", "scale"], sort=False):
+        rows.append({
+            "dataset": dataset, "scale": scale, "n_slides": group["slide"].nunique(),
+            "tissue_per_slide": group["tissue"].mean(), "kept_per_slide": group["kept"].mean(),
+            "kept_pct": 100.0 * group["kept"].sum() / max(int(group["tissue"].sum()), 1),
+            "fallback_pct": 100.0 * group["fallback"].mean(),
+        })
+    order = {s: i for i, s in enumerate([*scales, "all"])}
+    out = pd.DataFrame(rows, columns=columns)
+    out["_d"], out["_s"] = out["dataset"].map({d: i for i, d in enumerate(datasets)}), out["scale"].map(order)
+    return out.sort_values(["_d", "_s"]).drop(columns=["_d", "_s"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def mean_std_text(mean: float, std: float, digits: int = DIGITS) -> str:
+    """`0.912 ± 0.034`; the std is left out when undefined (a single fold), and NaN prints as `n/a`."""
+    if not np.isfinite(mean):
+        return "n/a"
+    if not np.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def best_mask(means: np.ndarray, digits: int = DIGITS) -> np.ndarray:
+    """True where a column's mean is the best (highest) at the printed precision; ties are all marked."""
+    rounded = np.round(np.asarray(means, dtype=float), digits)
+    mask = np.zeros(rounded.shape, dtype=bool)
+    for j in range(rounded.shape[1]):
+        col = rounded[:, j]
+        if np.isfinite(col).any():
+            mask[:, j] = col == np.nanmax(col)
+    return mask
+
+
+def num_text(value: Any) -> str:
+    """Efficiency numbers with precision that suits their size (0.42 s, 13.5 s, 1234 patches/s)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not np.isfinite(x):
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def render_markdown(stubs: Sequence[str], columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]],
+                    bold: np.ndarray | None = None) -> str:
+    """A pipe table; `rows` hold the stub cells then the value cells; `bold` marks value cells."""
+    header = list(stubs) + [f"{g} {c}".strip() for g, c in columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] * len(stubs) + ["---:"] * len(columns)) + "|"]
+    for i, row in enumerate(rows):
+        cells = list(row)
+        for j in range(len(columns)):
+            if bold is not None and bold[i, j]:
+                cells[len(stubs) + j] = f"**{cells[len(stubs) + j]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(stubs: Sequence[str], columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]],
+                 bold: np.ndarray | None = None, caption: str = "") -> str:
+    """A booktabs tabular (no float, so it can be `\\input` anywhere); grouped headers get a cmidrule."""
+    n_stub = len(stubs)
+    out = [f"% {caption}" if caption else "% generated by msamil.reporting.tables",
+           r"% needs \usepackage{booktabs}",
+           r"\begin{tabular}{" + "l" * n_stub + "c" * len(columns) + "}", r"\toprule"]
+    if any(g for g, _ in columns):
+        cells, rules, j = [""] * n_stub, [], 0
+        while j < len(columns):
+            k = j
+            while k < len(columns) and columns[k][0] == columns[j][0]:
+                k += 1
+            cells.append(rf"\multicolumn{{{k - j}}}{{c}}{{{tex_escape(columns[j][0])}}}")
+            if columns[j][0]:
+                rules.append(rf"\cmidrule(lr){{{n_stub + j + 1}-{n_stub + k}}}")
+            j = k
+        out.append(" & ".join(cells) + r" \\")
+        out.append(" ".join(rules))
+    out.append(" & ".join(tex_escape(s) for s in list(stubs) + [c for _, c in columns]) + r" \\")
+    out.append(r"\midrule")
+    for i, row in enumerate(rows):
+        cells = [tex_escape(c) for c in row]
+        for j in range(len(columns)):
+            if bold is not None and bold[i, j]:
+                cells[n_stub + j] = rf"\textbf{{{cells[n_stub + j]}}}"
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def write_formats(out_dir: str | Path, name: str, tsv: pd.DataFrame, stubs: Sequence[str],
+                  columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]],
+                  bold: np.ndarray | None = None, caption: str = "") -> None:
+    out_dir = Path(out_dir)
+    write_tsv(out_dir / f"{name}.tsv", tsv, float_format=f"%.{TSV_DIGITS}f", na_rep="NA")
+    write_text(out_dir / f"{name}.md", render_markdown(stubs, columns, rows, bold))
+    write_text(out_dir / f"{name}.tex", render_latex(stubs, columns, rows, bold, caption))
+
+
+def metric_grid(summary: pd.DataFrame, methods: Sequence[str], labels: Mapping[str, str]
+                ) -> tuple[list[tuple[str, str]], list[list[str]], np.ndarray]:
+    """Methods x (dataset, metric) cells `mean ± std` and the best-per-column mask, for Markdown/LaTeX."""
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    methods = [m for m in methods if m in set(summary["method"])]
+    columns = [(d, SHOWN[m]) for d in datasets for m in SHOWN]
+    means = np.full((len(methods), len(columns)), np.nan)
+    rows = []
+    indexed = summary.set_index(["dataset", "method"])
+    for i, method in enumerate(methods):
+        cells = [labels.get(method, method)]
+        for j, (dataset, shown) in enumerate(columns):
+            metric = next(k for k, v in SHOWN.items() if v == shown)
+            if (dataset, method) in indexed.index:
+                rec = indexed.loc[(dataset, method)]
+                means[i, j] = rec[f"{metric}_mean"]
+                cells.append(mean_std_text(rec[f"{metric}_mean"], rec[f"{metric}_std"]))
+            else:
+                cells.append("–")
+        rows.append(cells)
+    return columns, rows, best_mask(means)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _ordered(summary: pd.DataFrame, methods: Sequence[str], datasets: Sequence[str]) -> pd.DataFrame:
+    keep = summary[summary["method"].isin(methods) & summary["dataset"].isin(datasets)].copy()
+    keep["_m"] = keep["method"].map({m: i for i, m in enumerate(methods)})
+    keep["_d"] = keep["dataset"].map({d: i for i, d in enumerate(datasets)})
+    return keep.sort_values(["_d", "_m"]).drop(columns=["_m", "_d"]).reset_index(drop=True)
+
+
+def metric_table(out_dir: str | Path, name: str, summary: pd.DataFrame, methods: Sequence[str],
+                 datasets: Sequence[str], labels: Mapping[str, str], stub: str, caption: str) -> pd.DataFrame:
+    """Write one methods x datasets table (main or ablation) in the three formats; return its TSV frame."""
+    table = _ordered(summary, methods, datasets)
+    table.insert(2, "label", table["method"].map(lambda m: labels.get(m, m)))
+    columns, rows, bold = metric_grid(table, methods, labels)
+    write_formats(out_dir, name, table, [stub], columns, rows, bold, caption)
+    return table
+
+
+def efficiency_table(out_dir: str | Path, eff: pd.DataFrame, methods: Sequence[str], datasets: Sequence[str],
+                     labels: Mapping[str, str]) -> pd.DataFrame:
+    table = _ordered(eff, methods, datasets)
+    table.insert(2, "label", table["method"].map(lambda m: labels.get(m, m)))
+    columns = [("", v) for v in EFFICIENCY_FIELDS.values()] + [("", "Device")]
+    rows = [[r.dataset, r.label] + [num_text(getattr(r, f)) for f in EFFICIENCY_FIELDS] + [r.device]
+            for r in table.itertuples()]
+    write_formats(out_dir, "efficiency", table, ["Dataset", "Method"], columns, rows,
+                  caption="efficiency per method: means over folds")
+    return table
+
+
+def sffm_table(out_dir: str | Path, sel: pd.DataFrame) -> pd.DataFrame:
+    columns = [("", "Slides"), ("", "All tissue / slide"), ("", "Kept / slide"), ("", "Kept (%)"),
+               ("", "Fallback (%)")]
+    rows = [[r.dataset, r.scale, str(r.n_slides), num_text(r.tissue_per_slide), num_text(r.kept_per_slide),
+             f"{r.kept_pct:.1f}", f"{r.fallback_pct:.1f}"] for r in sel.itertuples()]
+    write_formats(out_dir, "sffm", sel, ["Dataset", "Scale"], columns, rows,
+                  caption="SFFM: patches per slide before and after lesion selection")
+    return sel
+
+
+def build_tables(results: str | Path, datasets: Sequence[str], methods: Mapping[str, Mapping[str, Any]] | Sequence[str],
+                 folds: Sequence[int], out_dir: str | Path, scales: Sequence[str] = SCALES) -> dict[str, pd.DataFrame]:
+    """Write main_results, ablation, efficiency and sffm as .tsv/.md/.tex under `out_dir`.
+
+    `methods` is config["methods"] (name -> switches, used for the ablation labels) or just names. Methods,
+    datasets or folds without outputs are skipped with a warning, so a partial run still gets tables.
+    """
+    specs = dict(methods) if isinstance(methods, Mapping) else {m: {} for m in methods}
+    names = list(specs)
+    labels = {m: method_label(m, specs[m] or None, scales) for m in names}
+    predictions = load_predictions(results, datasets, names, folds)
+    per_fold = fold_metrics(predictions)
+    summary = summarize(per_fold)
+    present = [d for d in datasets if d in set(summary["dataset"])]
+    for dataset in set(datasets) - set(present):
+        log.warning("dataset %s has no predictions; left out of the tables", dataset)
+    out = {
+        "main_results": metric_table(out_dir, "main_results", summary, main_methods(names), present, labels,
+                                     "Method", "main results: mean ± sample std over folds"),
+        "ablation": metric_table(out_dir, "ablation", summary, ablation_methods(names), present, labels,
+                                 "Variant", "ablation of MsaMIL-Net: mean ± sample std over folds"),
+        "efficiency": efficiency_table(out_dir, efficiency_summary(load_efficiency(results, datasets, names, folds)),
+                                       names, datasets, labels),
+        "sffm": sffm_table(out_dir, selection_summary(results, datasets, folds, scales)),
+    }
+    log.info("tables written to %s", out_dir)
+    return out

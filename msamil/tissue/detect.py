@@ -1,0 +1,272 @@
+"""Tissue detection (DESIGN.md section 5): HSV saturation, median blur, Otsu or fixed threshold, closing, and
+component/hole filtering.
+
+Every size is given in µm or µm² and converted with the image's MPP, so one configuration behaves the same on a 40x
+and a 20x scan. Stained tissue is saturated while glass, whitespace and black scanner borders are not, which is why
+saturation (not brightness) is thresholded. Otsu always finds *some* split, even in pure glass noise, so its
+threshold is floored at `min_saturation`: an empty slide gives an empty mask instead of invented tissue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from msamil.slides.slide import Slide, scaled_size
+from msamil.util.atomic import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+MIN_SATURATION = 20  # glass and whitespace stay below this on HSV saturation (0-255); H&E sits well above
+QC_MAX_PX = 1024  # longest side of QC overlays
+
+
+def _odd_kernel(um: float, mpp: float) -> int:
+    """An odd pixel size for a length in µm (0 when it is below 3 px, i.e. the step is skipped)."""
+    n = int(round(um / mpp))
+    if n < 3:
+        return 0
+    return n if n % 2 else n + 1
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)[..., 1]
+
+
+def saturation_threshold(sat: np.ndarray, threshold: str | float, min_saturation: float = MIN_SATURATION) -> float:
+    """The saturation level separating tissue from glass: Otsu's (floored at `min_saturation`) or a fixed value."""
+    if isinstance(threshold, str):
+        if threshold != "otsu":
+            raise ValueError(f"tissue.threshold must be 'otsu' or a number in 0..255, got {threshold!r}")
+        otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        return max(float(otsu), float(min_saturation))
+    return float(threshold)
+
+
+def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """Drop 8-connected components smaller than `min_px` pixels."""
+    if min_px <= 1 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """Fill background regions enclosed by tissue that are smaller than `min_px` (lumina stay, gaps close).
+
+    Background touching the image border is never a hole: tissue running off the slide edge must not get its
+    outside filled in.
+    """
+    if min_px <= 0 or mask.all():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    h, w = mask.shape
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    touches = (left == 0) | (top == 0) | (right == w) | (bottom == h)
+    fill = (stats[:, cv2.CC_STAT_AREA] < min_px) & ~touches
+    fill[0] = False  # label 0 is the tissue itself
+    return mask | fill[labels]
+
+
+def tissue_mask(
+    rgb: np.ndarray,
+    mpp: float,
+    *,
+    median_blur_um: float = 56.0,
+    threshold: str | float = "otsu",
+    close_um: float = 64.0,
+    min_tissue_area_um2: float = 50000.0,
+    min_hole_area_um2: float = 20000.0,
+    min_saturation: float = MIN_SATURATION,
+    seg_mpp: float | None = None,
+) -> np.ndarray:
+    """Boolean tissue mask of an RGB image whose pixels are `mpp` µm wide.
+
+    `seg_mpp` is accepted (and ignored) so the whole `tissue` config section can be passed as keywords; the caller
+    has already rendered the image at that resolution.
+    """
+    del seg_mpp
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
+    sat = saturation(rgb)
+    k = _odd_kernel(median_blur_um, mpp)
+    if k:
+        sat = cv2.medianBlur(sat, k)
+    thr = saturation_threshold(sat, threshold, min_saturation)
+    mask = sat > thr
+    d = _odd_kernel(close_um, mpp)  # odd: an even kernel's off-centre anchor would shift the mask
+    if d and mask.any():
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE) > 0
+    px_area = mpp * mpp
+    mask = _remove_small(mask, min_tissue_area_um2 / px_area)
+    return _fill_small_holes(mask, min_hole_area_um2 / px_area)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Contours (GeoJSON) and QC overlay
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ring(contour: np.ndarray, scale: float) -> list[list[float]]:
+    """A closed GeoJSON ring in level-0 pixels from a cv2 contour of mask pixel centres.
+
+    Mask pixel i covers level-0 [i*s, (i+1)*s), so its centre is (i + 0.5) * s. Degenerate contours (a single pixel
+    or a line) become that pixel's square so every ring is a valid polygon.
+    """
+    pts = contour.reshape(-1, 2).astype(np.float64)
+    if len(pts) < 3:
+        x, y, w, h = cv2.boundingRect(contour)
+        pts = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64) * scale
+    else:
+        pts = (pts + 0.5) * scale
+    ring = [[round(float(px), 2), round(float(py), 2)] for px, py in pts]
+    ring.append(ring[0])
+    return ring
+
+
+def mask_to_geojson(mask: np.ndarray, level0_per_px: float) -> dict[str, Any]:
+    """Tissue regions as a QuPath-compatible FeatureCollection of polygons (with holes) in level-0 pixels."""
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    features: list[dict[str, Any]] = []
+    if hierarchy is None:
+        return {"type": "FeatureCollection", "features": features}
+    hier = hierarchy[0]
+    for i, contour in enumerate(contours):
+        if hier[i][3] != -1:
+            continue  # a hole; added with its parent below
+        rings = [_ring(contour, level0_per_px)]
+        child = hier[i][2]
+        while child != -1:
+            rings.append(_ring(contours[child], level0_per_px))
+            child = hier[child][0]
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": rings},
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": "Tissue", "color": [0, 160, 0]},
+                "area_px_level0": float(cv2.contourArea(contour)) * level0_per_px**2,
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, caption: str = "") -> np.ndarray:
+    """RGB QC image: background shaded blue, tissue outlined in green, optional caption; the mask is resized to the image."""
+    h, w = rgb.shape[:2]
+    m = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    out = rgb.copy()
+    tint = np.array([90, 110, 190], dtype=np.float64)  # shade what is *not* tissue, so tissue keeps its colours
+    out[~m] = (0.65 * out[~m] + 0.35 * tint).astype(np.uint8)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (0, 140, 0), max(1, round(max(h, w) / 400)))
+    if caption:
+        scale = max(0.45, max(h, w) / 1400)
+        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        cv2.rectangle(out, (0, 0), (min(w - 1, tw + 8), th + base + 8), (255, 255, 255), -1)
+        cv2.putText(out, caption, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
+    """Write a grey (H, W) or RGB (H, W, 3) uint8 image atomically as PNG."""
+    data = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), data):
+            raise OSError(f"could not write PNG {path}")
+
+
+def qc_mpp(width: int, height: int, mpp: float, max_px: int = QC_MAX_PX) -> float:
+    """The MPP at which the whole slide fits in `max_px` pixels (never finer than the slide itself)."""
+    return max(mpp, max(width, height) * mpp / max_px)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rule's entry points
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_tissue(
+    slide_path: str | os.PathLike[str],
+    slide_id: str,
+    mpp: float,
+    out_mask_png: str | os.PathLike[str],
+    out_geojson: str | os.PathLike[str],
+    out_qc_png: str | os.PathLike[str],
+    tissue_cfg: dict[str, Any],
+) -> np.ndarray:
+    """Segment one slide at `tissue_cfg['seg_mpp']` and write mask PNG (uint8 0/255), GeoJSON and QC overlay.
+
+    The mask is ceil(W * mpp / seg_mpp) x ceil(H * mpp / seg_mpp) (CONTRACT), mask pixel i covering level-0
+    [i*s, (i+1)*s) with s = seg_mpp / mpp. An empty result is written (and logged) rather than raised: inspection
+    already excludes slides without tissue, and downstream stages treat an empty mask as zero patches.
+    """
+    cfg = dict(tissue_cfg)
+    seg_mpp = float(cfg.pop("seg_mpp", 8.0))
+    with Slide.open(slide_path, slide_id, override_mpp=mpp) as slide:
+        info = slide.info
+        if abs(info.mpp - float(mpp)) > 1e-6 * float(mpp):
+            log.warning("slide %s: file MPP %g differs from slides.tsv MPP %g; using the file's", slide_id,
+                        info.mpp, mpp)
+        img = slide.image_at_mpp(seg_mpp)
+        mask = tissue_mask(img, seg_mpp, **cfg)
+        qc = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
+    expected = scaled_size(info.width, info.height, info.mpp, seg_mpp)
+    if mask.shape != (expected[1], expected[0]):
+        raise RuntimeError(f"mask shape {mask.shape} does not match the contract size {expected}")
+    frac = float(mask.mean())
+    if frac == 0.0:
+        log.warning("slide %s: no tissue detected; writing an empty mask", slide_id)
+    log.info("slide %s: mask %dx%d at %g µm/px, tissue %.1f%%", slide_id, expected[0], expected[1], seg_mpp,
+             100 * frac)
+    write_png(out_mask_png, np.where(mask, 255, 0).astype(np.uint8))
+    geo = mask_to_geojson(mask, seg_mpp / info.mpp)
+    write_text(out_geojson, json.dumps(geo) + "\n")
+    write_png(out_qc_png, overlay(qc, mask, f"{slide_id}  tissue {100 * frac:.1f}%"))
+    return mask
+
+
+def run_tissue_from_table(
+    slides_tsv: str | os.PathLike[str],
+    slide_id: str,
+    out_mask_png: str | os.PathLike[str],
+    out_geojson: str | os.PathLike[str],
+    out_qc_png: str | os.PathLike[str],
+    tissue_cfg: dict[str, Any],
+) -> np.ndarray:
+    """run_tissue for a slide listed in the inspect checkpoint's slides.tsv (path and MPP come from there)."""
+    table = pd.read_csv(slides_tsv, sep="\t", dtype={"slide": str})
+    row = table.loc[table["slide"] == slide_id]
+    if row.empty:
+        raise KeyError(f"slide {slide_id!r} is not in {slides_tsv} (excluded at inspection?)")
+    rec = row.iloc[0]
+    return run_tissue(Path(rec["path"]), slide_id, float(rec["mpp"]), out_mask_png, out_geojson, out_qc_png,
+                      tissue_cfg)
+
+
+def tissue_fraction(mask: np.ndarray) -> float:
+    return float(mask.mean()) if mask.size else 0.0
+
+
+__all__ = [
+    "mask_to_geojson",
+    "overlay",
+    "qc_mpp",
+    "run_tissue",
+    "run_tissue_from_table",
+    "saturation_threshold",
+    "tissue_fraction",
+    "tissue_mask",
+    "write_png",
+]
