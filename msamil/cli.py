@@ -30,16 +30,21 @@ def _slide_info(args: argparse.Namespace) -> int:
 
 
 def _cache_info(args: argparse.Namespace) -> int:
-    import h5py
+    from msamil.cache.access import CacheError, open_cache
 
+    status = 0
     for path in args.caches:
-        with h5py.File(path, "r") as h5:
-            record = {"path": path, **{k: _plain(v) for k, v in h5.attrs.items()}}
-            for scale in ("20x", "10x", "5x"):
-                if scale in h5:
-                    record[f"n_{scale}"] = int(h5[scale]["coords"].shape[0])
+        try:
+            with open_cache(path) as h5:
+                record = {"path": path, **{k: _plain(v) for k, v in h5.attrs.items()}}
+                for scale in ("20x", "10x", "5x"):
+                    if scale in h5:
+                        record[f"n_{scale}"] = int(h5[scale]["coords"].shape[0])
+        except CacheError as err:
+            record = {"path": path, "error": err.reason, "fix": err.fix}
+            status = 1
         print(json.dumps(record, default=str))
-    return 0
+    return status
 
 
 def _plain(value: object) -> object:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from msamil.cache.access import open_cache
 from msamil.models.backbone import create_backbone, select_device, to_input
 from msamil.util.atomic import atomic_path
 
@@ -94,7 +95,7 @@ def embed_images(embedder: nn.Module, imgs: np.ndarray, *, input_px: int,
 
 
 def _patch_size_level0(cache_path: str | Path) -> int:
-    with h5py.File(cache_path, "r") as f:
+    with open_cache(cache_path) as f:
         return int(f[SCALE].attrs.get("patch_size_level0", 0))
 
 
@@ -160,9 +161,7 @@ def write_feature_file(path: str | Path, slide: str, feats: SlideFeatures, **att
 
 def read_feature_file(path: str | Path) -> SlideFeatures:
     """Load a feature file, refusing one that was never finished."""
-    with h5py.File(path, "r") as f:
-        if not f.attrs.get("complete", False):
-            raise ValueError(f"feature file {path} is incomplete; delete it and rerun the features rule")
+    with open_cache(path, what="feature", rule="features") as f:
         return SlideFeatures(features=f["features"][:], coords=f["coords"][:],
                              patch_size_level0=int(f["coords"].attrs.get("patch_size", 0)))
 

@@ -12,15 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
+
+from msamil.cache.access import open_cache
 
 SCALE = "20x"
 
 
 def count_patches(cache_path: str | Path, scale: str = SCALE) -> int:
     """Number of cached tissue patches of one scale, read from the coordinates only (cheap)."""
-    with h5py.File(cache_path, "r") as f:
+    with open_cache(cache_path) as f:
         return int(f[scale]["coords"].shape[0]) if scale in f else 0
 
 

@@ -19,8 +19,8 @@ import cv2
 import h5py
 import numpy as np
 
+from msamil.cache.access import open_cache
 from msamil.config import SCALES
-from msamil.errors import SlideError
 
 
 @dataclass
@@ -59,13 +59,9 @@ class BagReader:
         self.scales = [s for s in SCALES if s in scales]
         self._h5: h5py.File | None = None
         self._pid: int | None = None
-        f = self._file()
+        f = self._file()  # CacheError naming the file and the fix when it is truncated or unfinished
         attrs = f.attrs
-        slide = str(attrs.get("slide", self.path.stem))
-        if not bool(attrs.get("complete", False)):
-            raise SlideError(slide, f"cache {self.path} is incomplete (no complete=True attr)",
-                             "delete the file and rerun the cache rule")
-        self.slide = slide
+        self.slide = str(attrs.get("slide", self.path.stem))
         self.width = int(attrs["width"])
         self.height = int(attrs["height"])
         self.patch_px = int(attrs["patch_px"])
@@ -94,7 +90,7 @@ class BagReader:
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
             # rdcc: a random patch is read once, so the chunk cache only costs copies.
-            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=0)
+            self._h5 = open_cache(self.path, rdcc_nbytes=0)
             self._pid = os.getpid()
         return self._h5
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from msamil.cache.access import open_cache
 from msamil.config import SCALES
 from msamil.errors import SlideError
 from msamil.util.atomic import atomic_path, write_tsv
@@ -94,7 +95,7 @@ def select_slide(probmap: np.ndarray, map_mpp: float, cache_path: str | Path, *,
     """Per scale of one slide's cache: {'kept', 'lesion_frac', 'fallback', 'tissue_patches'}."""
     mask = binarise(probmap, prob_threshold)
     out: dict[str, dict[str, Any]] = {}
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         slide_mpp = float(h5.attrs["mpp"])
         for scale in SCALES:
             if scale not in h5:
@@ -110,7 +111,7 @@ def select_slide(probmap: np.ndarray, map_mpp: float, cache_path: str | Path, *,
 
 def cache_slide_id(cache_path: str | Path) -> str:
     """The slide id of a cache file: its `slide` attribute, else the file stem (`cache/{slide}.h5`)."""
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         value = h5.attrs.get("slide")
     if value is None:
         return Path(cache_path).stem

@@ -79,8 +79,16 @@ def build_model(encoder: str, encoder_weights: str | None = None, encoder_depth:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Load `unetpp.pt`: the model in eval mode on `device` and the checkpoint's metadata."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """Load `unetpp.pt`: the model in eval mode on `device` and the checkpoint's metadata.
+
+    weights_only=True: the file is tensors and plain values, so a foreign or tampered file cannot run code.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a checkpoint, or a pickle that wants to run code
+        detail = " ".join(str(exc).split())[:200]
+        raise MsamilError(f"lesion model {path} is unreadable ({type(exc).__name__}: {detail}); delete it and "
+                          f"rerun (the lesion_train rule rebuilds it)") from exc
     model = build_model(ckpt["encoder"], encoder_depth=ckpt.get("encoder_depth", 5),
                         decoder_channels=ckpt.get("decoder_channels"))
     model.load_state_dict(ckpt["state_dict"])

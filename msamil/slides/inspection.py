@@ -127,6 +127,7 @@ def inspect_slide(
         except SlideError:
             _draw_qc(slide, None, qc_dir, caption + " NO TISSUE")
             raise
+        slide.verify_tiles(mask, float(tissue_cfg.get("seg_mpp", DEFAULT_TISSUE["seg_mpp"])))
         _draw_qc(slide, mask, qc_dir, caption + f" tissue {100 * frac:.0f}%")
     if info.levels == 1 and max(info.width, info.height) > 20000:
         log.warning("slide %s: a single-level %dx%d slide (no pyramid): reads at 5x will be slow", slide_id,

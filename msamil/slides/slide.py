@@ -30,6 +30,7 @@ import openslide
 
 from msamil.errors import SlideError
 from msamil.slides.tiff_checks import CORRUPT_FIX, open_failure, tiff_structure_problem
+from msamil.slides.tile_check import level0_tiles
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +362,8 @@ class Slide:
         return out
 
     def verify(self) -> None:
-        """Decode enough of the file to trust it: TIFF structure, then the whole coarsest level (or a few regions).
+        """Decode enough of the file to trust it: TIFF structure, the coarsest level (or a few regions of it), then
+        a sample of level-0 tiles (`verify_tiles`; inspection samples inside the tissue again once it knows it).
 
         OpenSlide opens a file lazily; a truncated or corrupt file may open fine and fail only when tiles are read,
         which must surface at inspection, not halfway through building the cache.
@@ -373,12 +375,27 @@ class Slide:
         w, h = self.info.level_dims[last]
         if w * h <= VERIFY_READ_PX:
             self.read_region_rgb(0, 0, last, w, h)
-            return
-        ds = self.info.downsamples[last]
-        side = 1024
-        for fx, fy in ((0.0, 0.0), (0.5, 0.5), (1.0, 1.0)):
-            lx, ly = int(fx * max(0, w - side)), int(fy * max(0, h - side))
-            self.read_region_rgb(int(lx * ds), int(ly * ds), last, min(side, w), min(side, h))
+        else:
+            ds = self.info.downsamples[last]
+            side = 1024
+            for fx, fy in ((0.0, 0.0), (0.5, 0.5), (1.0, 1.0)):
+                lx, ly = int(fx * max(0, w - side)), int(fy * max(0, h - side))
+                self.read_region_rgb(int(lx * ds), int(ly * ds), last, min(side, w), min(side, h))
+        self.verify_tiles()
+
+    def verify_tiles(self, tissue: np.ndarray | None = None, tissue_mpp: float | None = None) -> None:
+        """Decode a sample of level-0 tiles (msamil.slides.tile_check), inside `tissue` (a mask at `tissue_mpp`)
+        when given; a tile that will not decode makes the slide unusable, naming where it is."""
+        props = self.osr.properties
+        tw = int(props.get("openslide.level[0].tile-width", 512))
+        th = int(props.get("openslide.level[0].tile-height", 512))
+        scale = None if tissue is None or tissue_mpp is None else tissue_mpp / self.info.mpp
+        for x, y in level0_tiles(self.info.width, self.info.height, tw, th, tissue if scale else None, scale):
+            try:
+                self.osr.read_region((int(x), int(y)), 0, (tw, th))
+            except openslide.OpenSlideError as exc:
+                raise SlideError(self.info.slide, f"unreadable: corrupt level-0 tile at x={x}, y={y} "
+                                 f"(OpenSlide: {exc})", fix=CORRUPT_FIX) from exc
 
 
 def _slide_info(

@@ -3,7 +3,8 @@
 One slide per step: a bag of `bag_size` patches sampled across the method's scales runs through the backbone in
 micro-batches under activation checkpointing (memory bounded by the micro-batch, not the bag), gradients
 accumulate over `accum_slides` slides, AdamW with warm-up + cosine per optimizer step. Validation AUC each epoch
-selects `best.pt`; `last.pt` (with every RNG state) lets a killed job resume bit-exactly on CPU.
+selects `best.pt`; `last.pt` (with every RNG state and the best weights so far) lets a killed job resume
+bit-exactly on CPU, whichever epoch it was killed in (msamil.training.checkpoint: mirror, checksums, safe loads).
 Inference and validation use every selected patch of a slide, not a sampled bag.
 
 BatchNorm: one slide per step means every micro-batch comes from one slide, so batch statistics would normalise
@@ -16,11 +17,13 @@ weights still learn). That also makes micro-batching exactly equivalent to one f
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from msamil.config import method_settings
-from msamil.errors import ConfigError, SlideError
+from msamil.errors import ConfigError, MsamilError, SlideError
 from msamil.models import build_model
 from msamil.models.backbone import select_device
 from msamil.splits.folds import FoldSplit, load_fold
@@ -52,6 +55,7 @@ log = logging.getLogger("msamil.training.trainer")
 RUN_FILES = ("predictions.tsv", "metrics.json", "efficiency.json", "best.pt", "last.pt", "train_log.tsv",
              "attention.h5")
 RESUME_DIR = ".resume"  # outside Snakemake's declared outputs, so it survives their deletion
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_acc", "seconds", "lr"]
 
 
 # ------------------------------------------------------------------------------------------------------ state
@@ -135,6 +139,7 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, self.epochs * self.steps_per_epoch,
                                        int(self.tcfg.get("warmup_epochs", 0)) * self.steps_per_epoch)
         self.state = TrainState()
+        self.best: dict[str, Any] | None = None  # {"model": cpu state dict, "epoch", "val"}: also kept in last.pt
         self.fingerprint = _fingerprint(self.settings, self.classes, self.seed, split)
         self.input_px = int(self.mcfg["input_px"])
 
@@ -143,36 +148,77 @@ class Trainer:
         return [self.out / "last.pt", self.out / RESUME_DIR / "last.pt"]
 
     def resume(self) -> bool:
-        """Load the newest usable last.pt (the declared one, else its mirror); False when starting fresh."""
+        """Continue from the first trustworthy last.pt (the declared one, else its mirror); False: start fresh.
+
+        A file that fails its checksum, will not load or will not restore is moved aside with one warning naming
+        it, never a dead end. One written with other settings, slides or seed is stale, not damaged: it is
+        skipped and overwritten by the next epoch. best.pt is rewritten from the best weights kept in last.pt
+        (Snakemake deletes it before a rerun, and a resumed run may never beat its restored best score).
+        """
+        record = ckpt.checksum_path(self._last_paths()[1])
         for path in self._last_paths():
             if not path.exists():
                 continue
-            blob = ckpt.load(path)
-            if blob.get("fingerprint") != self.fingerprint:
-                log.warning("%s was written with other settings, slides or seed; starting fresh", path)
+            try:
+                blob = ckpt.load(path, record if record.exists() or path.parent.name == RESUME_DIR else None)
+                if blob.get("fingerprint") != self.fingerprint:
+                    log.warning("%s was written with other settings, slides or seed; starting fresh", path)
+                    continue
+                self._restore(blob, path)
+            except ckpt.CheckpointError as err:
+                ckpt.set_aside(err)
                 continue
+            if not (self.out / "last.pt").exists():  # the declared output, as the same (checksummed) bytes
+                with atomic_path(self.out / "last.pt") as tmp:
+                    shutil.copyfile(path, tmp)
+            if self.best is not None:
+                self._write_best()
+            log.info("resumed from %s after epoch %d (best epoch %d)", path, self.state.epoch, self.state.best_epoch)
+            return True
+        return False
+
+    def _restore(self, blob: dict[str, Any], path: Path) -> None:
+        """Load every state from `blob`, or nothing: a failure puts back the fresh run's states."""
+        fresh = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                 copy.deepcopy(self.scheduler.state_dict()), ckpt.rng_state(self.rng))
+        try:
+            state = TrainState(**blob["state"])
+            state.best_key = tuple(state.best_key)
+            best = blob["best"]
+            if (best is None) != (state.best_epoch < 0):
+                raise ValueError("best weights and best epoch disagree")
             self.model.load_state_dict(blob["model"])
             self.optimizer.load_state_dict(blob["optimizer"])
             self.scheduler.load_state_dict(blob["scheduler"])
             ckpt.set_rng_state(blob["rng"], self.rng)
-            self.state = TrainState(**blob["state"])
-            self.state.best_key = tuple(self.state.best_key)
-            log.info("resumed from %s after epoch %d", path, self.state.epoch)
-            return True
-        return False
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            self.model.load_state_dict(fresh[0])
+            self.optimizer.load_state_dict(fresh[1])
+            self.scheduler.load_state_dict(fresh[2])
+            ckpt.set_rng_state(fresh[3], self.rng)
+            raise ckpt.CheckpointError(path, f"not a resumable state ({type(exc).__name__}: {exc})") from exc
+        self.state, self.best = state, best
 
     def _save_last(self) -> None:
         blob = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(self.rng),
-                "state": vars(self.state), "fingerprint": self.fingerprint, "method": self.method,
-                "fold": self.fold}
-        ckpt.save(self.out / "last.pt", blob)
-        ckpt.mirror(self.out / "last.pt", self.out / RESUME_DIR / "last.pt")
+                "state": vars(self.state), "best": self.best, "fingerprint": self.fingerprint,
+                "method": self.method, "fold": self.fold}
+        ckpt.save_with_mirror(self.out / "last.pt", self.out / RESUME_DIR / "last.pt", blob)
 
     def _save_best(self, val: dict[str, float]) -> None:
-        ckpt.save(self.out / "best.pt", {"model": self.model.state_dict(), "epoch": self.state.epoch,
-                                          "val": val, "settings": self.settings, "classes": self.classes,
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.best = {"model": weights, "epoch": self.state.epoch, "val": val}
+        self._write_best()
+
+    def _write_best(self) -> None:
+        assert self.best is not None
+        ckpt.save(self.out / "best.pt", {**self.best, "settings": self.settings, "classes": self.classes,
                                           "fold": self.fold, "dataset": self.dataset})
+
+    def write_log(self) -> None:
+        write_tsv(self.out / "train_log.tsv", pd.DataFrame(self.state.history, columns=LOG_COLUMNS),
+                  float_format="%.6f")
 
     # -- one epoch
     @torch.no_grad()
@@ -299,14 +345,17 @@ class Trainer:
             if self.state.epoch >= self.epochs or self.state.bad_epochs >= patience:
                 self.state.done = True
             self._save_last()
-            write_tsv(self.out / "train_log.tsv", pd.DataFrame(self.state.history), float_format="%.6f")
+            self.write_log()
             if stop_after_epoch is not None and self.state.epoch >= stop_after_epoch and not self.state.done:
                 return False
         return True
 
     def infer(self) -> dict[str, Any]:
-        """Best checkpoint -> predictions.tsv, metrics.json, efficiency.json, attention.h5 for the test slides."""
-        best = ckpt.load(self.out / "best.pt")
+        """Best weights -> predictions.tsv, metrics.json, efficiency.json, attention.h5 for the test slides."""
+        best = self.best
+        if best is None:
+            raise MsamilError(f"{self.method} fold {self.fold}: no epoch of {self.state.epoch} had a finite "
+                              f"validation loss (training diverged); lower train.lr or check the fold's slides")
         self.model.load_state_dict(best["model"])
         start = time.perf_counter()
         metrics_val, outs = self.evaluate("test")
@@ -371,8 +420,11 @@ def run_training(config: dict[str, Any], dataset: str, method: str, fold: int, *
         trainer.resume()
         if not trainer.fit(stop_after_epoch):
             return None
+        trainer.write_log()  # also when a resumed, finished run ran no epoch (Snakemake deleted the old one)
         metrics = trainer.infer()
-    (out / RESUME_DIR / "last.pt").unlink(missing_ok=True)  # finished: a rerun must retrain, not resume
+    mirror = out / RESUME_DIR / "last.pt"
+    for path in (mirror, ckpt.checksum_path(mirror)):  # finished: a rerun must retrain, not resume
+        path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         (out / RESUME_DIR).rmdir()
     return metrics

@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 
+from msamil.cache.access import open_cache
 from msamil.config import SCALES
 
 log = logging.getLogger("msamil.reporting.figures")
@@ -44,7 +44,7 @@ def load_slide_view(results: str | Path, dataset: str, slide: str) -> SlideView:
     """Read the QC thumbnail, tissue mask and cache geometry of one slide (images optional, cache required)."""
     ds = Path(results) / dataset
     coords, foot = {}, {}
-    with h5py.File(ds / "cache" / f"{slide}.h5", "r") as cache:
+    with open_cache(ds / "cache" / f"{slide}.h5", slide=slide) as cache:
         width, height = int(cache.attrs["width"]), int(cache.attrs["height"])
         for scale in SCALES:
             if scale in cache:
