@@ -1,5 +1,6 @@
 # Shared helpers: config validation, paths, the inspect checkpoint's slide list, final targets.
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -115,10 +116,14 @@ def methods_of_kind(*kinds):
     return [m for m, spec in config["methods"].items() if spec["kind"] in kinds]
 
 
+def names_regex(names):
+    """A wildcard constraint matching exactly `names`, each escaped (never empty: an empty list matches nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!x)x"
+
+
 def method_regex(*kinds):
-    """A wildcard constraint matching exactly the methods of the given kinds (never empty)."""
-    names = methods_of_kind(*kinds)
-    return "|".join(names) if names else "(?!x)x"
+    """A wildcard constraint matching exactly the methods of the given kinds."""
+    return names_regex(methods_of_kind(*kinds))
 
 
 def log_path(rule_name, *parts):

@@ -6,7 +6,7 @@ EXTERNAL_DATASETS = [
     for name, spec in config["dataset_config"].items()
     if spec["source"] != "synthetic"
 ]
-EXTERNAL_RE = "|".join(EXTERNAL_DATASETS) or "(?!x)x"
+EXTERNAL_RE = names_regex(EXTERNAL_DATASETS)
 
 
 def dataset_root(dataset):

@@ -7,7 +7,7 @@ SYNTHETIC_DATASETS = [
     for name, spec in config["dataset_config"].items()
     if spec["source"] == "synthetic"
 ]
-SYNTHETIC_RE = "|".join(SYNTHETIC_DATASETS) or "(?!x)x"
+SYNTHETIC_RE = names_regex(SYNTHETIC_DATASETS)
 SYNTHETIC = config.get("synthetic", {})
 SYNTHETIC_SLIDE = f"{RESULTS}/{{dataset}}/raw/slides/{{slide}}.svs"
 SYNTHETIC_ANNOTATION = f"{RESULTS}/{{dataset}}/raw/annotations/{{slide}}.geojson"

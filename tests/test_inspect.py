@@ -44,7 +44,7 @@ def mixed(tmp_path_factory):
         {"slide": "empty", "patient": "p6", "label": "benign", "path": str(sd / "empty.svs")},
         {"slide": "badlabel", "patient": "p7", "label": "tumour", "path": str(sd / "badlabel.svs")},
         {"slide": "missing", "patient": "p8", "label": "benign", "path": str(sd / "missing.svs")},
-        {"slide": "good1", "patient": "p1", "label": "benign", "path": str(sd / "good1.svs")},
+        {"slide": "..", "patient": "p1", "label": "benign", "path": str(sd / "good1.svs")},  # would escape qc/
     ]
     table = sf.write_table(d / "table.tsv", rows)
     out = {"slides": d / "out" / "slides.tsv", "excluded": d / "out" / "excluded.tsv", "qc": d / "out" / "qc"}
@@ -81,14 +81,14 @@ def test_excluded_with_precise_reasons(result):
     assert list(table.columns) == EXCLUDED_COLUMNS
     reasons = dict(zip(table["slide"] + "#" + table.index.astype(str), table["reason"], strict=True))
     by = {k.split("#")[0]: v for k, v in reasons.items()}
-    assert set(by) == {"cut", "text", "nompp", "empty", "badlabel", "missing", "good1"}
+    assert set(by) == {"cut", "text", "nompp", "empty", "badlabel", "missing", ".."}
     assert by["cut"].startswith("unreadable: truncated or corrupt")
     assert by["text"].startswith("not a slide OpenSlide can read")
     assert by["nompp"].startswith("no MPP")
     assert by["empty"].startswith("no tissue detected")
     assert by["badlabel"].startswith("label 'tumour' is not one of")
     assert by["missing"].startswith("file not found")
-    assert by["good1"].startswith("duplicate slide id")
+    assert by[".."] == "slide id '..' is a directory reference"
     assert (table["fix"] != "").all()
 
 
@@ -97,6 +97,21 @@ def test_qc_thumbnails(result):
     names = {p.name for p in out["qc"].iterdir()}
     assert {"good1.png", "good2.png", "fixed.png", "empty.png"} <= names
     assert "text.png" not in names
+    assert not (out["qc"].parent / "..png").exists() and not (out["qc"] / "..png").exists()
+
+
+def test_duplicated_ids_are_an_error_listing_them(mixed, tmp_path):
+    """Two rows for one slide with different labels: no row silently wins, the error names both lines."""
+    d, _, _ = mixed
+    good = str(d / "slides" / "good1.svs")
+    table = sf.write_table(tmp_path / "t.tsv", [
+        {"slide": "a", "patient": "p", "label": "benign", "path": good},
+        {"slide": "b", "patient": "p", "label": "benign", "path": good},
+        {"slide": "a", "patient": "p", "label": "malignant", "path": good},
+    ])
+    with pytest.raises(MsamilError, match=r"'a' \(lines \[2, 4\], labels \['benign', 'malignant'\]\)"):
+        inspect_dataset(table, DS, tmp_path / "s.tsv", tmp_path / "e.tsv", tmp_path / "qc", tissue_cfg=TISSUE)
+    assert not (tmp_path / "s.tsv").exists()
 
 
 def test_dataset_default_mpp_applies(mixed, tmp_path):

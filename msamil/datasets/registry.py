@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from msamil.errors import ConfigError
+from msamil.slides.slide_table import read_slide_table
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ class DatasetDef:
 
 
 def safe_id(name: str) -> str:
-    """A slide id usable as a file name and a Snakemake wildcard (DigestPath names carry spaces and colons)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "slide"
+    """A slide id usable as a file name and a Snakemake wildcard (DigestPath names carry spaces and colons).
+
+    Never `.`, `..`, hidden (a leading dot) or empty: leading dots and underscores are dropped.
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._").rstrip("_") or "slide"
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
@@ -282,9 +286,7 @@ def _apply_slide_table(records: list[SourceRecord], path: str | None, dataset: s
         return records
     if not Path(path).exists():
         raise ConfigError(f"dataset_config.{dataset}.slide_table: {path} does not exist")
-    table = pd.read_csv(path, sep="\t", dtype=str).fillna("")
-    if "slide" not in table.columns:
-        raise ConfigError(f"{path} needs a 'slide' column (optional: patient, label, mpp)")
+    table = read_slide_table(path)  # a duplicated id is an error listing them, never "the last row wins"
     overrides = {str(r["slide"]): r for _, r in table.iterrows()}
     out = []
     for rec in records:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from msamil.errors import MsamilError, SlideError
 from msamil.slides.slide import Slide, SlideInfo
+from msamil.slides.slide_table import read_slide_table, slide_id_problem
 from msamil.tissue.detect import overlay, qc_mpp, tissue_mask, write_png
 from msamil.util.atomic import write_tsv
 
@@ -44,11 +45,9 @@ class Decision:
 
 
 def read_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The dataset's raw/table.tsv as strings (empty cells ''), checked for the required columns."""
-    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise MsamilError(f"{table_path}: missing column(s) {missing}; expected {TABLE_COLUMNS + ['annotation', 'mpp']}")
+    """The dataset's raw/table.tsv as strings (empty cells ''); ConfigError for missing columns or an id that
+    occurs twice (msamil.slides.slide_table: a duplicated id would silently pick one of two labels)."""
+    table = read_slide_table(table_path, required=TABLE_COLUMNS)
     for col in ("annotation", "mpp"):
         if col not in table.columns:
             table[col] = ""
@@ -139,16 +138,14 @@ def inspect_slide(
     return row
 
 
-def _decide(rec: Mapping[str, str], seen: set[str], **kwargs: Any) -> Decision:
+def _decide(rec: Mapping[str, str], **kwargs: Any) -> Decision:
     """Turn every failure of one slide, expected or not, into an exclusion so the others still run."""
     slide_id = rec["slide"]
     try:
-        if not slide_id:
-            raise SlideError("<empty>", "empty slide id", fix="give every row of the slide table a slide id")
-        if slide_id in seen:
-            raise SlideError(slide_id, "duplicate slide id (an earlier row has the same id)",
-                             fix="make slide ids unique in the slide table")
-        seen.add(slide_id)
+        problem = slide_id_problem(slide_id)
+        if problem:  # the id names files (qc/{slide}.png, cache/{slide}.h5): never write with it
+            raise SlideError(slide_id, f"slide id {slide_id!r} {problem}",
+                             fix="rename the slide in the slide table (letters, digits, '_', '-', '.')")
         return Decision(slide_id, row=inspect_slide(rec, **kwargs))
     except SlideError as err:
         return Decision(slide_id, excluded={"slide": slide_id, "path": rec["path"], "reason": err.reason,
@@ -192,10 +189,9 @@ def inspect_dataset(
     kwargs = {"table_path": table_path, "classes": classes, "dataset": dataset,
               "default_mpp": dataset_cfg.get("default_mpp"), "tissue_cfg": dict(tissue_cfg or DEFAULT_TISSUE),
               "qc_dir": qc}
-    seen: set[str] = set()
     decisions = []
     for rec in tqdm(table.to_dict("records"), desc=f"inspect {dataset}", unit="slide"):
-        decision = _decide(rec, seen, **kwargs)
+        decision = _decide(rec, **kwargs)
         _log_decision(decision)
         decisions.append(decision)
     slides = pd.DataFrame([d.row for d in decisions if d.row is not None], columns=SLIDES_COLUMNS)
