@@ -1,4 +1,7 @@
-"""The url/local/kaggle/s3 sources, offline: an HTTP server on 127.0.0.1 with Range support that the test starts."""
+"""The url/local/kaggle/s3 sources, offline: an HTTP server on 127.0.0.1 with Range support that the test starts.
+
+The faults (splices, downgrades, leaks, escapes) are in test_faults.py; here the ordinary behaviour.
+"""
 
 from __future__ import annotations
 
@@ -6,77 +9,31 @@ import hashlib
 import http.server
 import json
 import os
-import re
-import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
+from http_fixtures import serve
 
 from msamil.datasets import download
-from msamil.datasets.download import DownloadError, fetch_source, fetch_url
+from msamil.datasets.download import DownloadError, fetch_source
+from msamil.datasets.download import fetch_url as _fetch_url
 from msamil.errors import ConfigError
+
+fetch_url = partial(_fetch_url, allow_http=True)  # the test server is plain http on 127.0.0.1 (opted in)
 
 PAYLOAD = os.urandom(300_000)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `server.files`; honours `Range: bytes=N-`; `server.cut_once` paths die halfway on first request."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        server = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        body = server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if match:
-            start = int(match.group(1))
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        chunk = body[start:]
-        self.send_header("Content-Length", str(len(chunk)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if self.path in server.cut_once:
-            server.cut_once.discard(self.path)
-            self.wfile.write(chunk[: len(chunk) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(2)  # the peer sees a truncated body
-            return
-        self.wfile.write(chunk)
-
-
 @pytest.fixture
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.files, srv.requests, srv.cut_once = {"/data.bin": PAYLOAD}, [], set()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    with serve({"/data.bin": PAYLOAD}) as srv:
+        yield srv
 
 
 def _url(srv: http.server.ThreadingHTTPServer, path: str = "/data.bin") -> str:
-    return f"http://127.0.0.1:{srv.server_address[1]}{path}"
+    return srv.url(path)
 
 
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -108,15 +65,20 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path: Path) -> None
     assert dest.read_bytes() == PAYLOAD
     assert len(server.requests) == 2
     assert server.requests[0][1] is None
-    assert server.requests[1][1] == f"bytes={len(PAYLOAD) // 2}-"
+    assert server.requests[1][1:3] == (f"bytes={len(PAYLOAD) // 2}-", server.requests[1][2])
+    assert server.requests[1][2].startswith('"')  # If-Range with the ETag of the first response
 
 
 def test_part_file_from_a_killed_job_is_resumed(server, tmp_path: Path) -> None:
+    """A killed job's part (and its validator) is continued by the next job, not downloaded again."""
     dest = tmp_path / "data.bin"
-    dest.with_name("data.bin.part").write_bytes(PAYLOAD[:1000])
+    server.cut_once.add("/data.bin")
+    with pytest.raises(DownloadError, match="rerun to resume"):
+        fetch_url(_url(server), dest, SHA, retries=0, timeout=5)
+    have = dest.with_name("data.bin.part").stat().st_size
     fetch_url(_url(server), dest, SHA, retries=0, timeout=5)
-    assert dest.read_bytes() == PAYLOAD
-    assert server.requests == [("/data.bin", "bytes=1000-")]
+    assert dest.read_bytes() == PAYLOAD and not dest.with_name("data.bin.part.json").exists()
+    assert server.requests[-1][1] == f"bytes={have}-"
 
 
 def test_missing_file_is_a_clear_error(server, tmp_path: Path) -> None:
@@ -133,8 +95,8 @@ def test_url_source_extracts_archives(server, tmp_path: Path) -> None:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("train.csv", "image_id,label\n1,CC\n")
     server.files["/pack.zip"] = buf.getvalue()
-    cfg = {"source": "url", "urls": [{"url": _url(server, "/pack.zip"),
-                                      "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}]}
+    cfg = {"source": "url", "allow_http": True,
+           "urls": [{"url": _url(server, "/pack.zip"), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}]}
     root, manifest = tmp_path / "source", tmp_path / "source.json"
     fetch_source("ubc_ocean", cfg, root, str(manifest))
     assert (root / "train.csv").read_text().startswith("image_id")

@@ -1,14 +1,15 @@
 """Fetch a dataset's files from where the user has them: a local directory, URLs, Kaggle or a public S3 bucket.
 
 Public pathology datasets are tens to hundreds of GB, so a download must survive a dropped connection (HTTP Range
-resume from a `.part` file that outlives the job, so a Snakemake retry resumes too), must be verified (sha256; a bad
-file is removed rather than silently used) and must never duplicate what the user already has (local = symlink).
-Every source writes a manifest whose `root` is the directory the dataset definition scans.
+resume from a `.part` file that outlives the job, so a Snakemake retry resumes too, but only with a
+validator: msamil.datasets.secure_http), must be verified (the configured sha256, else the one recorded at the
+first download; a bad file is removed rather than silently used), must stay inside the dataset folder (archive members, S3 keys) and
+must never duplicate what the user already has (local = symlink). Every source writes a manifest whose `root` is
+the directory the dataset definition scans.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -17,14 +18,15 @@ import subprocess
 import tarfile
 import time
 import urllib.error
-import urllib.request
 import zipfile
+from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
-from tqdm import tqdm
-
-from msamil.errors import ConfigError, MsamilError
+from msamil.datasets import secure_http
+from msamil.datasets.secure_http import DownloadError, check_url, redact, scrub
+from msamil.errors import ConfigError
 from msamil.util.atomic import write_json
 from msamil.util.checksum import sha256_file
 
@@ -32,76 +34,72 @@ log = logging.getLogger(__name__)
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2")
 
 
-class DownloadError(MsamilError):
-    """A transfer failed for good, or its content is not what the config promised."""
+MANIFEST = ".msamil-downloads.json"  # per dataset folder: sha256 of every file at its first download
 
 
-def _transfer(url: str, part: Path, timeout: float, chunk: int) -> None:
-    """Append the rest of `url` to `part`, asking for it with a Range header when part of it is already there."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "msamil-download"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to send: the part file is already whole
-            return
-        raise
-    with resp:
-        if have and resp.status != 206:
-            log.info("%s: server ignored the Range request; starting over", url)
-            have = 0
-        length = resp.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as out, \
-                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:40]) as bar:
-            while block := resp.read(chunk):
-                out.write(block)
-                bar.update(len(block))
-    size = part.stat().st_size
-    if total is not None and size < total:
-        raise http.client.IncompleteRead(b"", total - size)
+def fetch_url(url: str, dest: str | os.PathLike[str], sha256: str | None = None, *, recorded: str | None = None,
+              allow_http: bool = False, retries: int = 5, timeout: float = 60.0, backoff: float = 2.0,
+              chunk: int = 1 << 20) -> Path:
+    """Download `url` to `dest`, resuming after interruptions only when safe, then verify its sha256.
 
-
-def fetch_url(url: str, dest: str | os.PathLike[str], sha256: str | None = None, *, retries: int = 5,
-              timeout: float = 60.0, backoff: float = 2.0, chunk: int = 1 << 20) -> Path:
-    """Download `url` to `dest`, resuming after interruptions, then verify its sha256.
-
-    The partial file is `dest + ".part"`; it stays on disk after a failure so that the next attempt (in this call
-    or a later job) continues where the last one stopped. A checksum mismatch removes the file and raises.
+    `sha256` is the config's checksum; without one, `recorded` (the sha256 of this file's first download, from
+    the dataset's manifest) is checked instead, on the file already there as on a new download. The partial
+    file is `dest + ".part"` (plus its validator in `.part.json`); it stays on disk after a failure so that the
+    next attempt, in this call or a later job, can continue (secure_http.transfer decides whether it may). Messages never show the URL's query string or user info.
     """
-    dest = Path(dest)
+    dest, shown = Path(dest), redact(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256.lower()):
-        log.info("%s: present and verified", dest)
-        return dest
+    expected = sha256.lower() if sha256 else None
+    if dest.exists():
+        got = sha256_file(dest)
+        if expected is None and recorded is not None and got != recorded:
+            raise DownloadError(f"{dest} changed since its first download (sha256 now {got}, recorded {recorded} "
+                                f"in {dest.parent / MANIFEST}); delete it and rerun to download it again")
+        if got == (expected or recorded or got):
+            log.info("%s: present and verified", dest)
+            return dest
+        log.warning("%s: sha256 %s is not the configured %s; downloading it again", dest, got, expected)
     dest.unlink(missing_ok=True)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, timeout, chunk)
+            secure_http.transfer(url, part, allow_http=allow_http, timeout=timeout, chunk=chunk)
             break
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, HTTPException) as exc:
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in (408, 429):
-                raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL in "
-                                    f"dataset_config.<dataset>.urls") from exc
+                raise DownloadError(f"{shown}: HTTP {exc.code} {scrub(str(exc.reason), url)}; check the URL in "
+                                    f"dataset_config.<dataset>.urls") from None
+            reason = scrub(f"{type(exc).__name__}: {exc}", url)
             if attempt == retries:
-                raise DownloadError(f"{url}: gave up after {retries + 1} attempts ({exc}); rerun to resume "
-                                    f"from {part}") from exc
+                raise DownloadError(f"{shown}: gave up after {retries + 1} attempts ({reason}); rerun to resume "
+                                    f"from {part}") from None
             wait = backoff * 2**attempt
-            log.warning("%s: attempt %d failed (%s); resuming in %.0f s", url, attempt + 1, exc, wait)
+            log.warning("%s: attempt %d failed (%s); retrying in %.0f s", shown, attempt + 1, reason, wait)
             time.sleep(wait)
-    if sha256 is not None:
-        got = sha256_file(part)
-        if got != sha256.lower():
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{url}: sha256 mismatch (expected {sha256.lower()}, got {got}); the file was "
+    got = sha256_file(part)
+    if got != (expected or recorded or got):
+        secure_http.discard(part)
+        if expected:
+            raise DownloadError(f"{shown}: sha256 mismatch (expected {expected}, got {got}); the file was "
                                 f"removed. Rerun to download it again, or fix the sha256 in the config")
-    else:
-        log.warning("%s: no sha256 in the config, so the file is unverified (sha256 %s)", url, sha256_file(part))
-    os.replace(part, dest)
+        raise DownloadError(f"{shown}: the server now sends other content than at the first download (sha256 "
+                            f"{got}, recorded {recorded} in {dest.parent / MANIFEST}); the file was removed. If "
+                            f"the change is expected, put the new sha256 in the config (urls[].sha256)")
+    if expected is None and recorded is None:
+        log.warning("%s: no sha256 in the config; recording this download's (%s) and checking it from now on",
+                    shown, got)
+    secure_http.finish(part, dest)
     return dest
+
+
+def _inside(root: Path, rel: str, what: str) -> Path:
+    """root / rel, refusing names that would land outside root (absolute, `..`, or through a symlink)."""
+    target = root / rel
+    if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts or \
+            not target.resolve().is_relative_to(root.resolve()):
+        raise DownloadError(f"{what} {rel!r} would be written outside {root}; refused (the source is malformed "
+                            f"or malicious)")
+    return target
 
 
 def extract(archive: Path, into: Path) -> None:
@@ -110,16 +108,18 @@ def extract(archive: Path, into: Path) -> None:
     if marker.exists():
         return
     log.info("extracting %s", archive)
-    into_resolved = into.resolve()
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             for name in zf.namelist():
-                if not (into_resolved / name).resolve().is_relative_to(into_resolved):
-                    raise DownloadError(f"{archive}: member {name!r} escapes the target directory")
+                _inside(into, name, f"{archive.name}: member")
             zf.extractall(into)
     else:
         with tarfile.open(archive) as tf:
-            tf.extractall(into, filter="data")
+            try:
+                tf.extractall(into, filter="data")
+            except tarfile.FilterError as exc:
+                raise DownloadError(f"{archive.name}: member {exc.tarinfo.name!r} would be written outside {into} "
+                                    f"or is an unsafe link ({exc}); refused") from exc
     marker.write_text("ok\n")
 
 
@@ -145,21 +145,44 @@ def link_local(path: str, root: Path) -> dict[str, Any]:
     return {"target": str(target)}
 
 
-def fetch_urls(entries: list[dict[str, Any]], root: Path, retries: int = 5) -> dict[str, Any]:
-    """Download each `{url, sha256, dest}` under root; archives are unpacked next to themselves."""
+def _read_manifest(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise DownloadError(f"{root / MANIFEST} is unreadable ({exc}); delete it (the next download records "
+                            f"the checksums again)") from exc
+
+
+def fetch_urls(entries: list[dict[str, Any]], root: Path, retries: int = 5, allow_http: bool = False) -> dict[str, Any]:
+    """Download each `{url, sha256, dest}` under root; archives are unpacked next to themselves.
+
+    Every URL is checked (https, a safe destination) before anything is fetched. Files without a configured
+    sha256 get the one of their first download recorded in `root/.msamil-downloads.json`, checked ever after.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    files = {}
+    plan = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "url" not in entry:
             raise ConfigError(f"dataset_config.<dataset>.urls[{i}] must be a mapping with url, sha256 and "
-                              f"optionally dest; got {entry!r}")
-        dest_name = entry.get("dest") or PurePosixPath(entry["url"].split("?")[0]).name
-        if PurePosixPath(dest_name).is_absolute() or ".." in PurePosixPath(dest_name).parts:
-            raise ConfigError(f"urls[{i}].dest must be a relative path inside the dataset folder: {dest_name}")
-        dest = fetch_url(entry["url"], root / dest_name, entry.get("sha256"), retries=retries)
+                              f"optionally dest; got a {type(entry).__name__}")
+        check_url(entry["url"], allow_http, f"dataset_config.<dataset>.urls[{i}]")
+        dest_name = entry.get("dest") or PurePosixPath(urlsplit(entry["url"]).path).name
+        if not dest_name or PurePosixPath(dest_name).is_absolute() or ".." in PurePosixPath(dest_name).parts:
+            raise ConfigError(f"urls[{i}].dest must be a relative path inside the dataset folder: {dest_name!r}")
+        plan.append((entry, dest_name))
+    manifest = _read_manifest(root)
+    files = {}
+    for entry, dest_name in plan:
+        dest = fetch_url(entry["url"], root / dest_name, entry.get("sha256"), recorded=manifest.get(dest_name),
+                         allow_http=allow_http, retries=retries)
+        if dest_name not in manifest:
+            manifest[dest_name] = (entry.get("sha256") or sha256_file(dest)).lower()
+            write_json(root / MANIFEST, manifest)
         if entry.get("extract", _is_archive(dest.name)):
             extract(dest, dest.parent)
-        files[dest_name] = entry.get("sha256") or sha256_file(dest)
+        files[dest_name] = manifest[dest_name]
     return {"files": files}
 
 
@@ -199,11 +222,15 @@ def fetch_kaggle(competition: str, root: Path, files: list[str] | None = None) -
     return {"competition": competition}
 
 
-def fetch_s3(bucket: str, root: Path, files: list[str] | None = None) -> dict[str, Any]:
-    """Anonymous copy from a public bucket (`bucket` = name/prefix): the AWS CLI if present, else boto3."""
+def fetch_s3(bucket: str, root: Path, files: list[str] | None = None, client: Any = None) -> dict[str, Any]:
+    """Anonymous copy from a public bucket (`bucket` = name/prefix): the AWS CLI if present, else boto3.
+
+    With boto3 every key must map inside `root` (a key like `a/../../x` is refused); `client` replaces the
+    anonymous boto3 client (tests).
+    """
     bucket = bucket.removeprefix("s3://").strip("/")
     root.mkdir(parents=True, exist_ok=True)
-    exe = shutil.which("aws")
+    exe = shutil.which("aws") if client is None else None
     if exe is not None:
         call = [exe, "s3", "sync", "--no-sign-request", "--only-show-errors", f"s3://{bucket}", str(root)]
         if files:
@@ -214,23 +241,24 @@ def fetch_s3(bucket: str, root: Path, files: list[str] | None = None) -> dict[st
         if done.returncode != 0:
             raise DownloadError(f"aws s3 sync failed ({done.returncode}): {done.stderr.strip()[-500:]}")
         return {"bucket": bucket, "tool": "aws"}
-    try:
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
-    except ImportError as exc:
-        raise ConfigError("s3 source: neither the AWS CLI (`aws`) nor boto3 is installed; both come with "
-                          "envs/slide.yaml (run with --use-conda), or `pip install awscli`") from exc
+    if client is None:
+        try:
+            import boto3
+            from botocore import UNSIGNED
+            from botocore.config import Config
+        except ImportError as exc:
+            raise ConfigError("s3 source: neither the AWS CLI (`aws`) nor boto3 is installed; both come with "
+                              "envs/slide.yaml (run with --use-conda), or `pip install awscli`") from exc
+        client = boto3.client("s3", config=Config(signature_version=UNSIGNED))
     import fnmatch
 
     name, _, prefix = bucket.partition("/")
-    client = boto3.client("s3", config=Config(signature_version=UNSIGNED))
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix):].lstrip("/")
-            if not rel or (files and not any(fnmatch.fnmatch(rel, pat) for pat in files)):
+            if not rel or rel.endswith("/") or (files and not any(fnmatch.fnmatch(rel, pat) for pat in files)):
                 continue
-            dest = root / rel
+            dest = _inside(root, rel, f"s3://{name}: key")
             if dest.exists() and dest.stat().st_size == obj["Size"]:
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +281,7 @@ def fetch_source(dataset: str, ds_cfg: dict[str, Any], root: str | os.PathLike[s
     if source == "local":
         info = link_local(need("path"), root)
     elif source == "url":
-        info = fetch_urls(need("urls"), root)
+        info = fetch_urls(need("urls"), root, allow_http=bool(ds_cfg.get("allow_http", False)))
     elif source == "kaggle":
         info = fetch_kaggle(need("competition"), root, ds_cfg.get("files"))
     elif source == "s3":
