@@ -1,10 +1,12 @@
 # rules for the train stage (see docs/CONTRACT.md): end-to-end MsaMIL-Net (and its ablations) per fold.
 #
-# Resume after a kill: the trainer writes last.pt every epoch and hard-links it to
-# runs/{method}/fold{k}/.resume/last.pt, which is NOT a declared output. Snakemake deletes a job's declared outputs
+# Resume after a kill: the trainer writes last.pt every epoch and a copy of it (with its sha256 in last.pt.sha256)
+# to runs/{method}/fold{k}/.resume/, which is NOT a declared output. Snakemake deletes a job's declared outputs
 # when the job fails and again before rerunning it (also under --rerun-incomplete), so last.pt itself cannot carry
-# a resume; the undeclared mirror survives both and the rerun continues from the last finished epoch (it is
-# ignored if the method's settings, the fold's slides or the seed changed, and removed once the run completes).
+# a resume; the undeclared mirror survives both and the rerun continues from the last finished epoch, rewriting
+# best.pt from the best weights kept in last.pt (it is ignored if the method's settings, the fold's slides or the
+# seed changed, set aside as last.pt.damaged if it fails its checksum or will not load, and removed once the run
+# completes).
 # `update()` was rejected: Snakemake then restores the pre-job version on failure, discarding the epochs just run.
 
 

@@ -90,3 +90,39 @@ def write_corrupt_tile_slide(path: str | os.PathLike[str], slide: str = "bad", l
     path = Path(path)
     write_synthetic_slide(path, path.with_suffix(".geojson"), slide, label, seed, **sizes)
     return corrupt_tissue_tile(path, tissue_cfg)
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# A script run in a private mount namespace with a tiny tmpfs: writes through atomic_path until the disk is full.
+DISK_FULL = """
+import sys, json, numpy as np, pandas as pd, h5py, torch
+sys.path.insert(0, {repo!r})
+from msamil.util.atomic import DiskFullError, atomic_path, write_tsv, stale_temporaries
+from msamil.training.checkpoint import save
+root, out = {root!r}, {{}}
+def attempt(name, write):
+    try:
+        write(root + "/" + name); out[name] = "written"
+    except DiskFullError as exc:
+        out[name] = str(exc) + (" LEFT TEMP" if stale_temporaries(__import__("pathlib").Path(root, name)) else "")
+def h5(path):
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("imgs", data=np.random.default_rng(0).integers(0, 255, (64, 64, 64, 3), dtype=np.uint8))
+attempt("cache.h5", h5)
+attempt("last.pt", lambda p: save(p, {{"w": torch.randn(200_000)}}))
+def torch_direct(path):  # torch's own writer hides the errno ("PytorchStreamWriter failed writing file")
+    with atomic_path(path) as tmp:
+        torch.save({{"w": torch.randn(200_000)}}, tmp)
+attempt("unetpp.pt", torch_direct)
+attempt("table.tsv", lambda p: write_tsv(p, pd.DataFrame({{"x": np.arange(200_000)}})))
+print(json.dumps(out))
+"""
