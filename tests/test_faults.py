@@ -405,7 +405,8 @@ def test_slide_failing_at_cache_is_excluded_and_every_method_runs(tmp_path):
     """Row 4: one corrupt level-0 JPEG tile inside tissue used to stop all training ("Error in rule cache").
 
     Inspection now decodes level-0 tiles, so the bad tile is put in after inspect ran (the file keeps its mtime):
-    the slide fails at the cache stage, as one whose bad tile inspection's sample missed would.
+    the slide fails at a later per-slide stage (tissue, whose QC overlay of a small slide reads level 0, then
+    cache), as one whose bad tile inspection's sample missed would.
     """
     from tests.workflow_helpers import snakemake, write_config
 
