@@ -242,6 +242,7 @@ class Slide:
         self.osr = osr
         self.info = info
         self.nominal_downsamples = nominal_downsamples(info.level_dims)
+        self._decoded: set[tuple[int, int]] = set()  # level-0 tiles verify_tiles has decoded
 
     @classmethod
     def open(
@@ -390,7 +391,11 @@ class Slide:
         tw = int(props.get("openslide.level[0].tile-width", 512))
         th = int(props.get("openslide.level[0].tile-height", 512))
         scale = None if tissue is None or tissue_mpp is None else tissue_mpp / self.info.mpp
+        done = self._decoded  # a tile both samples draw is decoded once
         for x, y in level0_tiles(self.info.width, self.info.height, tw, th, tissue if scale else None, scale):
+            if (x, y) in done:
+                continue
+            done.add((x, y))
             try:
                 self.osr.read_region((int(x), int(y)), 0, (tw, th))
             except openslide.OpenSlideError as exc:
