@@ -72,6 +72,7 @@ def reference(data, tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------ training and checkpoints
+@pytest.mark.xdist_group("faults_resume")  # one worker computes the uninterrupted reference once
 @pytest.mark.parametrize("killed_after", [BEST - 1, BEST, BEST + 1], ids=["before-best", "at-best", "after-best"])
 def test_kill_at_any_epoch_resumes_to_identical_results(data, reference, tmp_path, killed_after):
     """Row 1: a kill after the best epoch used to end every rerun in FileNotFoundError: best.pt."""
@@ -83,6 +84,7 @@ def test_kill_at_any_epoch_resumes_to_identical_results(data, reference, tmp_pat
     assert not (tmp_path / RESUME_DIR / "last.pt").exists()  # finished: the next rerun retrains
 
 
+@pytest.mark.xdist_group("faults_resume")  # one worker computes the uninterrupted reference once
 def test_truncated_checkpoints_are_set_aside_and_the_run_finishes(data, reference, tmp_path, caplog):
     """Row 2: a truncated last.pt (and its mirror) used to fail every rerun with a zip error naming no file."""
     _run(_config(), data, tmp_path, stop_after_epoch=2)
@@ -98,6 +100,7 @@ def test_truncated_checkpoints_are_set_aside_and_the_run_finishes(data, referenc
     _same_results(reference, tmp_path)  # started fresh, so the same results as a run never interrupted
 
 
+@pytest.mark.xdist_group("faults_resume")  # one worker computes the uninterrupted reference once
 def test_mirror_is_a_checksummed_copy_and_a_flipped_bit_is_caught(data, reference, tmp_path, caplog):
     _run(_config(), data, tmp_path, stop_after_epoch=2)
     mirror = tmp_path / RESUME_DIR / "last.pt"
@@ -112,6 +115,7 @@ def test_mirror_is_a_checksummed_copy_and_a_flipped_bit_is_caught(data, referenc
     _same_results(reference, tmp_path)
 
 
+@pytest.mark.xdist_group("faults_resume")  # one worker computes the uninterrupted reference once
 def test_kill_during_inference_reruns_inference_only(data, reference, tmp_path, monkeypatch):
     from msamil.training import trainer
 
@@ -164,6 +168,7 @@ def test_every_torch_load_in_the_package_is_weights_only():
     assert len(calls) >= 3 and all(ok for *_, ok in calls), calls
 
 
+@pytest.mark.xdist_group("faults_resume")  # one worker computes the uninterrupted reference once
 def test_real_kill_9_mid_epoch_then_rerun(data, reference, tmp_path):
     """A real SIGKILL of a training process (not a polite stop), somewhere inside epoch 3."""
     script = ("import sys; sys.path[:0] = [{tests!r}, {repo!r}]\n"
