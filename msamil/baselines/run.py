@@ -152,12 +152,14 @@ def _n_params(head: ABMILResult, embedder: PooledBackbone | None, model_cfg: Map
 def run_baseline(*, config: Mapping[str, Any], dataset: str, method: str, fold: int, slides_tsv: str | Path,
                  folds_tsv: str | Path, cache_paths: Sequence[str | Path] | Mapping[str, str | Path],
                  run_dir: str | Path, feature_paths: Sequence[str | Path] | Mapping[str, str | Path] | None = None,
-                 device: str | None = None, threads: int | None = None) -> dict[str, Any]:
+                 device: str | None = None, threads: int | None = None,
+                 resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one baseline on one fold and write predictions.tsv, metrics.json, efficiency.json, attention.h5,
     train_log.tsv, best.pt and seen_slides.tsv (plus dino_loss.tsv / icmil_loss.tsv) under `run_dir`.
 
     `feature_paths` (the fold-independent frozen-backbone features) replace the first extraction of `abmil` and of
     ICMIL's round 0, which start from that very backbone; without them the features are extracted here.
+    `resources` are the rule's: a job holding a GPU fails at once when it sees none (msamil.util.device).
     """
     t0 = time.perf_counter()
     settings = method_settings(dict(config), method)
@@ -172,7 +174,7 @@ def run_baseline(*, config: Mapping[str, Any], dataset: str, method: str, fold: 
     bcfg = dict(config.get("baselines") or {})
     chunk = int(bcfg.get("feature_chunk", 64))
     input_px = int(model_cfg["input_px"])
-    dev = select_device(device or config.get("device", "auto"))
+    dev = select_device(device or config.get("device", "auto"), resources)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     fold_data = load_fold(slides_tsv, folds_tsv, fold, config["dataset_config"][dataset]["classes"])

@@ -326,7 +326,8 @@ def read_slides_table(path: str | Path) -> pd.DataFrame:
 
 
 def run_lesion_train(slides_tsv: str, folds_tsv: str, fold: int, cfg: dict[str, Any], model_out: str,
-                     history_out: str, *, seed: int = 0, device: str = "auto", threads: int = 1) -> pd.DataFrame:
+                     history_out: str, *, seed: int = 0, device: str = "auto", threads: int = 1,
+                     resources: dict[str, Any] | None = None) -> pd.DataFrame:
     """Rule entry point: the fold's train slides (annotated ones) train, its val slides validate."""
     from msamil.models.backbone import select_device
 
@@ -344,20 +345,20 @@ def run_lesion_train(slides_tsv: str, folds_tsv: str, fold: int, cfg: dict[str, 
         log.info("fold %s %s: %d slides, %d annotated, %d without annotation skipped", fold, name, len(subset),
                  int(annotated.sum()), int((~annotated).sum()))
         parts[name] = load_samples(subset[annotated], float(cfg["seg_mpp"]))
-    dev = select_device(device)
+    dev = select_device(device, resources)
     return train_unetpp(parts["train"], parts["val"], cfg, model_out, history_out, seed=seed + int(fold),
                         fold=int(fold), device=dev)
 
 
-def run_lesion_infer(slides_tsv: str, model_path: str, out_h5: str, *, device: str = "auto", threads: int = 1
-                     ) -> dict[str, float]:
+def run_lesion_infer(slides_tsv: str, model_path: str, out_h5: str, *, device: str = "auto", threads: int = 1,
+                     resources: dict[str, Any] | None = None) -> dict[str, float]:
     """Rule entry point: a uint8 probability map (prob * 255) per usable slide; returns seconds per slide."""
     import h5py
 
     from msamil.models.backbone import select_device
 
     torch.set_num_threads(max(1, threads))
-    dev = select_device(device)
+    dev = select_device(device, resources)
     model, meta = load_model(model_path, dev)
     seg_mpp, tile = float(meta["seg_mpp"]), int(meta["tile_px"])
     slides = read_slides_table(slides_tsv)

@@ -49,12 +49,8 @@ def to_input(imgs: np.ndarray | torch.Tensor, input_px: int, device: torch.devic
     return (x - mean) / std
 
 
-def select_device(preference: str = "auto") -> torch.device:
-    """auto -> CUDA when present, else CPU; `cuda` without a GPU is an error that says so."""
-    if preference == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if preference == "cuda":
-        raise RuntimeError("config device: cuda, but no CUDA device is visible; set device: auto or cpu")
-    return torch.device("cpu")
+def select_device(preference: str = "auto", resources: Any = None) -> torch.device:
+    """auto -> CUDA when present, else CPU; a job meant for a GPU without one fails (msamil.util.device)."""
+    from msamil.util.device import select_device as _select
+
+    return _select(preference, resources)

@@ -397,19 +397,20 @@ def run_training(config: dict[str, Any], dataset: str, method: str, fold: int, *
                  folds_tsv: str | Path, caches: Sequence[str | Path], selection: str | Path | None,
                  out_dir: str | Path, device: str | torch.device | None = None, threads: int | None = None,
                  reader_factory: Callable[..., Any] | None = None, stop_after_epoch: int | None = None,
-                 progress: bool = True) -> dict[str, Any] | None:
+                 progress: bool = True, resources: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Train one MsaMIL-Net run (resuming from last.pt when present) and write its outputs under `out_dir`.
 
     `selection` is the fold's SFFM selection.h5 (ignored when the method has `sffm: false`). `reader_factory`
     replaces `msamil.cache.bags.BagReader` (tests). `stop_after_epoch` stops as a kill would, after that epoch's
-    checkpoint and before inference (returns None). Otherwise returns the test metrics.
+    checkpoint and before inference (returns None). Otherwise returns the test metrics. `resources` are the
+    rule's (a job holding a GPU fails at once when it sees none, msamil.util.device).
     """
     settings = method_settings(config, method)
     if settings["sffm"] and selection is None:
         raise ConfigError(f"method {method!r} uses SFFM (sffm: true) but no selection.h5 was given")
     if threads:
         torch.set_num_threads(int(threads))
-    dev = torch.device(device) if device is not None else select_device(config.get("device", "auto"))
+    dev = torch.device(device) if device is not None else select_device(config.get("device", "auto"), resources)
     classes = list(config["dataset_config"][dataset]["classes"])
     split = load_fold(slides_tsv, folds_tsv, int(fold), classes)
     data = SlideData(caches, selection if settings["sffm"] else None, settings["scales"], reader_factory)

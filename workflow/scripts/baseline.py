@@ -16,4 +16,5 @@ with log_to(snakemake.log[0]):
         feature_paths=list(features) if features is not None else None,
         run_dir=snakemake.params.run_dir,
         threads=snakemake.threads,
+        resources=dict(snakemake.resources.items()),
     )

@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.probmaps,
         device=snakemake.params.device,
         threads=snakemake.threads,
+        resources=dict(snakemake.resources.items()),
     )

@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):
         seed=int(snakemake.params.seed),
         device=snakemake.params.device,
         threads=snakemake.threads,
+        resources=dict(snakemake.resources.items()),
     )

@@ -16,4 +16,5 @@ with log_to(snakemake.log[0]):
         selection=selection if selection else None,
         out_dir=snakemake.params.run_dir,
         threads=snakemake.threads,
+        resources=dict(snakemake.resources.items()),
     )
