@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 SCALES = ("20x", "10x", "5x")
 SCALE_FACTOR = {"20x": 1, "10x": 2, "5x": 4}  # physical size relative to 20x; exact, so grids nest
+WEIGHTS_CACHE = "resources/weights"  # default model.weights_cache (msamil.models.weights)
 
 
 def scale_mpp(scale: str, mpp_20x: float = 0.5) -> float:
@@ -29,3 +35,21 @@ def method_settings(config: dict[str, Any], method: str) -> dict[str, Any]:
     out["model"] = {**copy.deepcopy(config.get("model", {})), **spec.pop("model", {})}
     out["train"] = {**copy.deepcopy(config.get("train", {})), **spec.pop("train", {})}
     return out
+
+
+def weights_key(model_cfg: Mapping[str, Any]) -> str:
+    """File stem of a backbone's cached weights: its name made path-safe, plus a hash of its kwargs if any."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(model_cfg["backbone"])).strip("_")
+    kwargs = model_cfg.get("backbone_kwargs") or {}
+    if not kwargs:
+        return name
+    digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def cached_weights(model_cfg: Mapping[str, Any]) -> Path | None:
+    """Where msamil.models.weights.fetch_weights puts this backbone's weights; None when none are needed
+    (random init, or a `pretrained_path` given). Torch-free: the Snakefile plans the fetch with it."""
+    if not model_cfg.get("pretrained") or model_cfg.get("pretrained_path"):
+        return None
+    return Path(model_cfg.get("weights_cache") or WEIGHTS_CACHE) / f"{weights_key(model_cfg)}.pt"

@@ -33,6 +33,7 @@ rule features:
 rule baseline:
     input:
         unpack(baseline_inputs),
+        weights=method_weights,
     output:
         predictions=f"{RUN_DIR}/predictions.tsv",
         metrics=f"{RUN_DIR}/metrics.json",

@@ -93,3 +93,9 @@ def run_config(wildcards):
     if spec["kind"] != "msamil":
         subset["baselines"] = config.get("baselines", {})
     return subset
+
+
+def method_weights(wildcards):
+    """The pretrained weights file a run loads (fetched by the local rule fetch_weights), if any."""
+    path = cached_weights(method_settings(config, wildcards.method)["model"])
+    return [str(path)] if path is not None else []

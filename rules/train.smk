@@ -13,6 +13,7 @@
 rule train:
     input:
         unpack(train_inputs),
+        weights=method_weights,
     output:
         predictions=f"{RUN_DIR}/predictions.tsv",
         metrics=f"{RUN_DIR}/metrics.json",

@@ -49,6 +49,7 @@ _DUMP = textwrap.dedent("""
                 "resources": sorted(resources),
                 "mem_scales": callable(resources.get("mem_mb")),
                 "retries": info.retries or 0,
+                "local": rule.name in wf._localrules,
                 "snakefile": str(rule.snakefile),
             })
     print("RULES-JSON" + json.dumps(out))

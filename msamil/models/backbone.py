@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,24 +15,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def create_backbone(model_cfg: dict[str, Any], seed: int | None = None) -> nn.Module:
     """A timm model returning its last feature map (B, C, h, w); `num_features` gives C.
 
-    Weights: random (seeded) unless `pretrained` is true. Then `pretrained_path`, a local file, wins; without
-    it timm's own mechanism fetches the weights (on a user's machine with network; never in tests).
+    Weights: random (seeded) unless `pretrained` is true. Then they come from a local file, never the network
+    (compute nodes are often offline): `pretrained_path` if given, else the cache that the local rule
+    `fetch_weights` filled on the submitting machine (msamil.models.weights).
     """
     import timm
 
+    from msamil.models.weights import architecture, backbone_kwargs, load_weights, weights_file
+
     if seed is not None:
         torch.manual_seed(seed)
-    name = model_cfg["backbone"]
-    path = model_cfg.get("pretrained_path")
-    use_hub = bool(model_cfg.get("pretrained")) and not path
-    model = timm.create_model(name, pretrained=use_hub, num_classes=0, global_pool="")
-    if model_cfg.get("pretrained") and path:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if len(missing) > len(state) // 2:
-            raise ValueError(f"pretrained_path {path}: most backbone weights are missing ({len(missing)}); "
-                             f"is it a checkpoint of {name!r}?")
+    path = weights_file(model_cfg)
+    name, extra = architecture(model_cfg)
+    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="",
+                              **{**extra, **backbone_kwargs(model_cfg)})
+    if path is not None:
+        load_weights(model, path, str(model_cfg["backbone"]))
     return model
 
 
