@@ -55,12 +55,14 @@ class Throughput:
         return {"patches": self.patches, "wall_s": round(self.wall_s, 3), "patches_per_s": round(rate, 2)}
 
 
-def pool_features(out: torch.Tensor) -> torch.Tensor:
-    """Global average pool of a backbone output: (B, C, h, w) map or (B, T, C) tokens -> (B, C)."""
+def pool_features(out: torch.Tensor, n_prefix: int = 0) -> torch.Tensor:
+    """One vector per patch from a backbone output: a CNN map (B, C, h, w) is average-pooled; ViT tokens (B, T, C)
+    give their CLS token when the model has prefix tokens (what UNI-style foundation models are read out by),
+    else the mean of the patch tokens."""
     if out.ndim == 4:
         return out.mean(dim=(-2, -1))
     if out.ndim == 3:
-        return out.mean(dim=1)
+        return out[:, 0] if n_prefix > 0 else out.mean(dim=1)
     return out
 
 
@@ -71,9 +73,10 @@ class PooledBackbone(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.num_features = int(getattr(backbone, "num_features", 0))
+        self.n_prefix = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_features(self.backbone(x))
+        return pool_features(self.backbone(x), self.n_prefix)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:

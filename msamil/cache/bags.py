@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class BagReader:
         self.scales = [s for s in SCALES if s in scales]
         self._h5: h5py.File | None = None
         self._pid: int | None = None
+        # JPEG patches are decoded on this pool when set (cv2 releases the GIL, so threads decode in parallel)
+        self.executor: Executor | None = None
         f = self._file()  # CacheError naming the file and the fix when it is truncated or unfinished
         attrs = f.attrs
         self.slide = str(attrs.get("slide", self.path.stem))
@@ -103,6 +106,7 @@ class BagReader:
         state = self.__dict__.copy()
         state["_h5"] = None
         state["_pid"] = None
+        state["executor"] = None
         return state
 
     def __enter__(self) -> BagReader:
@@ -119,6 +123,19 @@ class BagReader:
         return {s: len(self.selected[s]) for s in self.scales}
 
     # -- reading ----------------------------------------------------------------------------------------------------
+    def read_encoded(self, scale: str, index: np.ndarray) -> list[np.ndarray]:
+        """The JPEG bytes of `index` (sorted ascending, unique) of a JPEG-encoded scale, undecoded (so a GPU or a
+        pool of threads can decode them)."""
+        index = np.asarray(index, dtype=np.int64)
+        dset = self._file()[scale]["imgs"]
+        bufs: list[np.ndarray] = []
+        if not len(index):
+            return bufs
+        breaks = np.nonzero(np.diff(index) != 1)[0] + 1
+        for run in np.split(index, breaks):
+            bufs.extend(dset[int(run[0]):int(run[-1]) + 1])
+        return bufs
+
     def read(self, scale: str, index: np.ndarray) -> np.ndarray:
         """Images of `index` (sorted ascending, unique) of one scale, as uint8 (k, P, P, 3)."""
         index = np.asarray(index, dtype=np.int64)
@@ -132,9 +149,8 @@ class BagReader:
         starts = np.concatenate([[0], breaks])
         ends = np.concatenate([breaks, [len(index)]])
         if self.encoding[scale] == "jpeg":
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                for k, buf in enumerate(dset[index[a]:index[b - 1] + 1]):
-                    out[a + k] = _decode_jpeg(buf)
+            bufs = self.read_encoded(scale, index)
+            decode_into(out, bufs, self.executor)
             return out
         if self._whole_chunks[scale]:
             # One unfiltered chunk per patch: fetch its bytes directly, bypassing h5py's selection machinery
@@ -149,7 +165,7 @@ class BagReader:
             dset.read_direct(out, np.s_[i0:i0 + (b - a)], np.s_[a:b])
         return out
 
-    def _bag(self, flat: np.ndarray) -> Bag:
+    def bag(self, flat: np.ndarray) -> Bag:
         """Bag of positions `flat` (sorted) in the concatenated selection of the reader's scales."""
         imgs, coords, sidx, index = [], [], [], []
         for k, s in enumerate(self.scales):
@@ -177,24 +193,30 @@ class BagReader:
         patches gives all it has and the rest is shared out): 5x patches are 16x rarer than 20x ones, so a uniform
         bag would carry almost no 5x context.
         """
+        return self.bag(self.sample_positions(n, rng, balanced))
+
+    def sample_positions(self, n: int, rng: np.random.Generator | int | None = None,
+                         balanced: bool = False) -> np.ndarray:
+        """The draw of `sample` without reading anything: sorted positions for `bag`. Drawing in one process and
+        reading elsewhere (msamil.training.loader) gives the same bags whatever does the reading."""
         rng = np.random.default_rng(rng)
         total = len(self)
         if n >= total:
-            return self._bag(np.arange(total))
+            return np.arange(total)
         if not balanced:
-            return self._bag(np.sort(rng.choice(total, size=n, replace=False)))
+            return np.sort(rng.choice(total, size=n, replace=False))
         sizes = np.diff(self._offsets)
         take = balanced_shares(sizes, n)
         parts = [self._offsets[k] + np.sort(rng.choice(int(sizes[k]), size=int(take[k]), replace=False))
                  for k in range(len(sizes)) if take[k]]
-        return self._bag(np.concatenate(parts))
+        return np.concatenate(parts)
 
     def chunks(self, size: int) -> Iterator[Bag]:
         """Every selected patch, scale by scale in index order, `size` at a time (for inference)."""
         if size < 1:
             raise ValueError("chunk size must be >= 1")
         for a in range(0, len(self), size):
-            yield self._bag(np.arange(a, min(a + size, len(self))))
+            yield self.bag(np.arange(a, min(a + size, len(self))))
 
 
 def balanced_shares(sizes: np.ndarray, n: int) -> np.ndarray:
@@ -212,6 +234,24 @@ def balanced_shares(sizes: np.ndarray, n: int) -> np.ndarray:
             if remaining == 0:
                 break
     return take
+
+
+def decode_into(out: np.ndarray, bufs: list[np.ndarray], executor: Executor | None = None) -> None:
+    """Decode JPEG buffers into `out` (n, P, P, 3), split over `executor`'s threads when one is given."""
+    n = len(bufs)
+    if executor is None or n < 2:
+        for k, buf in enumerate(bufs):
+            out[k] = _decode_jpeg(buf)
+        return
+    workers = max(1, getattr(executor, "_max_workers", 4))
+    bounds = np.linspace(0, n, min(n, workers) + 1).astype(int)
+
+    def part(a: int, b: int) -> None:
+        for k in range(a, b):
+            out[k] = _decode_jpeg(bufs[k])
+
+    for future in [executor.submit(part, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]:
+        future.result()
 
 
 def _decode_jpeg(buf: np.ndarray) -> np.ndarray:

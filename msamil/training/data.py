@@ -74,13 +74,24 @@ def augment_bag(imgs: np.ndarray, rng: np.random.Generator, colour: float = 0.1)
     With a few dozen slides, each slide's stain is a fingerprint a model can memorise instead of the morphology
     that decides the label; the jitter takes that shortcut away.
     """
+    return apply_augment(imgs, *augment_params(len(imgs), rng, colour))
+
+
+def augment_params(n: int, rng: np.random.Generator, colour: float = 0.1) -> tuple[np.ndarray, np.ndarray | None]:
+    """The random draws of `augment_bag` for a bag of `n` patches, in its order: (dihedral op per patch, stain
+    gain or None). Drawn where the bags are planned, applied wherever they are read (msamil.training.loader)."""
+    ops = rng.integers(0, 8, n)
+    gain = rng.uniform(1 - colour, 1 + colour, 3).astype(np.float32) if colour > 0 else None
+    return ops, gain
+
+
+def apply_augment(imgs: np.ndarray, ops: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+    """Apply drawn augmentation parameters (deterministic: no RNG here)."""
     out = np.empty_like(imgs)
-    ops = rng.integers(0, 8, len(imgs))
     for k, (img, op) in enumerate(zip(imgs, ops.tolist(), strict=True)):
         img = np.rot90(img, op % 4)
         out[k] = img[:, ::-1] if op >= 4 else img
-    if colour > 0:
-        gain = rng.uniform(1 - colour, 1 + colour, 3).astype(np.float32)
+    if gain is not None:
         od = -np.log((out.astype(np.float32) + 1.0) / 256.0)
         out = np.clip(256.0 * np.exp(-od * gain) - 1.0, 0, 255).round().astype(np.uint8)
     return out
