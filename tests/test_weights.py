@@ -102,3 +102,20 @@ def test_dry_run_plans_a_local_fetch(tmp_path: Path) -> None:
     assert "wildcards: weights=weights/test_vit.pt" in out
     rules = {r["name"]: r for r in workflow_rules(str(tmp_path / "c.yaml"))}
     assert rules["fetch_weights"]["local"] and not rules["train"]["local"]
+
+
+def test_hub_model_rebuilt_offline_from_the_fetched_metadata(tmp_path: Path, offline: None) -> None:
+    """What fetch_weights stores for an `hf-hub:` name (architecture + model args beside the weights) is enough
+    to rebuild the model in a job without the hub."""
+    import json
+
+    cfg = {"backbone": "hf-hub:someone/tiny-vit", "pretrained": True, "weights_cache": str(tmp_path)}
+    path = cached_weights(cfg)
+    torch.manual_seed(5)
+    state = timm.create_model("test_vit", num_classes=0, global_pool="", img_size=32, patch_size=8).state_dict()
+    torch.save({"state_dict": state}, path)
+    path.with_suffix(".json").write_text(json.dumps({"architecture": "test_vit", "model_args": {
+        "img_size": 32, "patch_size": 8, "num_classes": 1000, "global_pool": "token"}}))
+    model = create_backbone(cfg)
+    assert model.patch_embed.patch_size == (8, 8) and _same(model, state)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 17, 64)  # tokens: num_classes/global_pool kept ours
