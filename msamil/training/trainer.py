@@ -43,8 +43,9 @@ from msamil.models import build_model
 from msamil.models.backbone import select_device
 from msamil.splits.folds import FoldSplit, load_fold
 from msamil.training import checkpoint as ckpt
-from msamil.training.data import SlideData, augment_bag, class_interleaved_order
+from msamil.training.data import SlideData, class_interleaved_order
 from msamil.training.inference import autocast, bag_forward, predict_slide, prepare_input
+from msamil.training.loader import BagLoader, BagRequest, loader_workers
 from msamil.training.metrics import classification_metrics
 from msamil.training.outputs import peak_memory_mb, predictions_frame, write_run_outputs
 from msamil.training.schedule import warmup_cosine
@@ -112,7 +113,8 @@ class Trainer:
     """Holds one run's model, optimizer, schedule and RNGs; `fit` trains, `infer` writes the test outputs."""
 
     def __init__(self, config: dict[str, Any], dataset: str, method: str, fold: int, split: FoldSplit,
-                 data: SlideData, out_dir: str | Path, device: torch.device, progress: bool = True) -> None:
+                 data: SlideData, out_dir: str | Path, device: torch.device, progress: bool = True,
+                 workers: int = 0) -> None:
         self.settings = method_settings(config, method)
         if self.settings["kind"] != "msamil":
             raise ConfigError(f"methods.{method}.kind is {self.settings['kind']!r}; run_training handles msamil")
@@ -120,6 +122,7 @@ class Trainer:
         self.classes = list(config["dataset_config"][dataset]["classes"])
         self.dataset, self.method, self.fold = dataset, method, fold
         self.split, self.data, self.device, self.progress = split, data, device, progress
+        self.workers = workers  # data-loading threads (msamil.training.loader)
         self.out = Path(out_dir)
         self.seed = int(config["seed"]) * 1000 + int(fold)
         random.seed(self.seed)
@@ -264,27 +267,27 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(order, desc=f"{self.method} fold{self.fold} epoch {self.state.epoch + 1}/{self.epochs}",
                    unit="slide", disable=not self.progress, mininterval=5.0)
-        for i, j in enumerate(bar):
-            group_start = (i // self.accum) * self.accum
-            group_size = min(self.accum, n - group_start)
-            with self.data.open(slides[j]) as reader:
-                bag = reader.sample(int(self.tcfg["bag_size"]), self.rng,
-                                    balanced=bool(self.tcfg.get("scale_balanced", False)))
-            if len(bag.imgs) == 0:
-                raise SlideError(slides[j], "no selected patches at the method's scales",
-                                 "check the cache and the SFFM selection (fallback_k) of this slide")
-            if self.tcfg.get("augment", False):
-                bag.imgs = augment_bag(np.asarray(bag.imgs), self.rng)
-            logits, _ = bag_forward(self.model, bag, self.device, self.input_px, int(self.tcfg["micro_batch"]),
-                                    bool(self.tcfg.get("checkpointing", True)))
-            target = torch.tensor([labels[j]], device=self.device)
-            loss = F.cross_entropy(logits.unsqueeze(0), target)
-            (loss / group_size).backward()
-            total += float(loss.detach())
-            patches += len(bag.imgs)
-            if i + 1 == group_start + group_size:
-                self._optimizer_step()
-            bar.set_postfix(loss=f"{total / (i + 1):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        # Bags are read, decoded and augmented on `workers` threads ahead of the model; every random draw stays in
+        # this thread and in this order, so they are the same bags for any worker count (msamil.training.loader).
+        requests = [BagRequest(slides[j], int(self.tcfg["bag_size"]), bool(self.tcfg.get("scale_balanced", False)),
+                               bool(self.tcfg.get("augment", False))) for j in order]
+        with BagLoader(self.data, self.workers) as loader:
+            for i, (j, bag) in enumerate(zip(bar, loader.bags(requests, self.rng), strict=True)):
+                group_start = (i // self.accum) * self.accum
+                group_size = min(self.accum, n - group_start)
+                if len(bag.imgs) == 0:
+                    raise SlideError(slides[j], "no selected patches at the method's scales",
+                                     "check the cache and the SFFM selection (fallback_k) of this slide")
+                logits, _ = bag_forward(self.model, bag, self.device, self.input_px, int(self.tcfg["micro_batch"]),
+                                        bool(self.tcfg.get("checkpointing", True)))
+                target = torch.tensor([labels[j]], device=self.device)
+                loss = F.cross_entropy(logits.unsqueeze(0), target)
+                (loss / group_size).backward()
+                total += float(loss.detach())
+                patches += len(bag.imgs)
+                if i + 1 == group_start + group_size:
+                    self._optimizer_step()
+                bar.set_postfix(loss=f"{total / (i + 1):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         seconds = time.perf_counter() - start
         if self.bn_calib:
             self.recalibrate_bn()  # statistics of the weights just trained: validation, best.pt, next epoch
@@ -417,7 +420,8 @@ def run_training(config: dict[str, Any], dataset: str, method: str, fold: int, *
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _deterministic(dev):
-        trainer = Trainer(config, dataset, method, int(fold), split, data, out, dev, progress)
+        trainer = Trainer(config, dataset, method, int(fold), split, data, out, dev, progress,
+                          workers=loader_workers(threads, dev.type))
         trainer.resume()
         if not trainer.fit(stop_after_epoch):
             return None
