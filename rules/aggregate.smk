@@ -39,6 +39,15 @@ rule tables:
         ),
         ablation_md=f"{TABLES}/ablation.md",
         ablation_tex=f"{TABLES}/ablation.tex",
+        comparisons_tsv=report(
+            f"{TABLES}/comparisons.tsv",
+            caption="../workflow/report/table_comparisons.rst",
+            category="Tables",
+            subcategory="Comparisons with MsaMIL-Net",
+            labels={"table": "Comparisons with MsaMIL-Net", "format": "TSV"},
+        ),
+        comparisons_md=f"{TABLES}/comparisons.md",
+        comparisons_tex=f"{TABLES}/comparisons.tex",
         efficiency_tsv=report(
             f"{TABLES}/efficiency.tsv",
             caption="../workflow/report/table_efficiency.rst",
@@ -72,6 +81,8 @@ rule tables:
         methods=config["methods"],
         folds=FOLDS,
         scales=config["scales"],
+        bootstrap_resamples=config.get("report", {}).get("bootstrap_resamples", 5000),
+        bootstrap_seed=config.get("report", {}).get("bootstrap_seed", 0),
     script:
         "../workflow/scripts/tables.py"
 

@@ -24,6 +24,8 @@ FAKE_CLASSES = {"synthetic": ["benign", "malignant"], "ubc_ocean": ["CC", "EC", 
 FAKE_METHODS = {
     "msamil": {"kind": "msamil"},
     "msamil_20x_only": {"kind": "msamil", "scales": ["20x"]},
+    "msamil_10x_only": {"kind": "msamil", "scales": ["10x"]},
+    "msamil_5x_only": {"kind": "msamil", "scales": ["5x"]},
     "msamil_no_sffm": {"kind": "msamil", "sffm": False},
     "msamil_no_mhe": {"kind": "msamil", "mhe": False},
     "msamil_gated_pool": {"kind": "msamil", "pooling": "gated"},

@@ -156,11 +156,11 @@ def test_aggregate_rules_and_report(tmp_path):
                     ("roc_synthetic", 1), ("roc_ubc_ocean", 1), ("attention_synthetic", 2)]:
         check_figure(figures / f"{name}.png", name.split("_")[0] if name.startswith(("roc", "attention")) else name,
                      n)
-    for name in ("main_results", "ablation", "efficiency", "sffm"):
+    for name in ("main_results", "ablation", "comparisons", "efficiency", "sffm"):
         for ext in ("tsv", "md", "tex"):
             assert (tree.results / "tables" / f"{name}.{ext}").stat().st_size > 0
     html = (tmp_path / "report.html").read_text()
     for name in ("fig2_sffm.png", "fig3a_unetpp_iou.png", "fig3b_dino_vs_e2e.png", "efficiency.png",
                  "roc_synthetic.png", "roc_ubc_ocean.png", "attention_synthetic.png", "attention_ubc_ocean.png",
-                 "main_results.tsv", "ablation.tsv", "syn_000.png", "ubc_005.png"):
+                 "main_results.tsv", "ablation.tsv", "comparisons.tsv", "syn_000.png", "ubc_005.png"):
         assert name in html, name

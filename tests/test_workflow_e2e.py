@@ -78,7 +78,7 @@ def test_every_method_and_fold_has_its_outputs(finished_run):
 
 def test_tables_and_figures_exist(finished_run):
     tables = finished_run / "results/tables"
-    for name in ("main_results", "ablation", "efficiency"):
+    for name in ("main_results", "ablation", "comparisons", "efficiency"):
         for ext in ("tsv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0
     main = pd.read_csv(tables / "main_results.tsv", sep="\t")

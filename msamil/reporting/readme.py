@@ -1,4 +1,4 @@
-"""Put the demo's main table and one figure into README.md: `python -m msamil.reporting.readme` (or `make readme`).
+"""Put the demo's tables and one figure into README.md: `python -m msamil.reporting.readme` (or `make readme`).
 
 The README shows what `make demo` produces; this regenerates that part from `results/` so it never drifts.
 """
@@ -11,23 +11,38 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
 
 
 def demo_section(results: Path, docs: Path, figure: str, readme_dir: Path) -> str:
-    """Markdown for the README: the main table, the ablation table and `figure` (copied under `docs`)."""
+    """Markdown for the README: the main, ablation and comparison tables and `figure` (copied under `docs`)."""
     tables = results / "tables"
+    missing = [n for n in ("main_results.md", "ablation.md", "comparisons.md", "main_results.tsv")
+               if not (tables / n).exists()]
+    if missing:
+        raise SystemExit(f"{tables}: no {', '.join(missing)}; run `snakemake {tables}/comparisons.md` first")
+    resamples = int(pd.read_csv(tables / "main_results.tsv", sep="\t")["n_resamples"].max())
     docs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results / "figures" / f"{figure}.png", docs / f"{figure}.png")
     parts = [
         START,
-        "Main results (mean ± std over folds, test folds only; from `results/tables/main_results.md`):",
+        "Main results (`results/tables/main_results.md`): pooled out-of-fold AUC and ACC over all test slides with",
+        f"95 % percentile intervals from {resamples} bootstrap resamples stratified by class, and AUC as mean ± std",
+        "over folds. Bold marks the highest point estimate, not a significant difference.",
         "",
         (tables / "main_results.md").read_text().strip(),
         "",
         "Ablation of MsaMIL-Net (`results/tables/ablation.md`):",
         "",
         (tables / "ablation.md").read_text().strip(),
+        "",
+        "Paired comparisons with MsaMIL-Net on the same slides (`results/tables/comparisons.md`): ΔAUC = MsaMIL-Net",
+        "minus the method, paired stratified-bootstrap 95 % interval and p-value, Holm-adjusted within the dataset,",
+        "DeLong's test as a check. A verdict needs the interval to exclude 0 and both adjusted p-values below 0.05:",
+        "",
+        (tables / "comparisons.md").read_text().strip(),
         "",
         f"![{figure}]({os.path.relpath(docs / f'{figure}.png', readme_dir)})",
         END,

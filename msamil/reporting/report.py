@@ -31,6 +31,8 @@ FULL_METHOD = "msamil"
 # Fallback labels by name when a method's switches are not at hand (the default config's ablations).
 SUFFIX_LABELS = {
     "20x_only": "20x only",
+    "10x_only": "10x only",
+    "5x_only": "5x only",
     "no_sffm": "no SFFM (all tissue)",
     "no_mhe": "no MHE",
     "gated_pool": "gated attention instead of DMQ",
@@ -200,7 +202,7 @@ class AggregatePlan:
     dataset's slides.tsv; in the workflow it goes through the inspect checkpoint, so calling it waits for that.
     """
 
-    TABLE_NAMES = ("main_results", "ablation", "efficiency", "sffm")  # = msamil.reporting.tables.TABLE_NAMES
+    TABLE_NAMES = ("main_results", "ablation", "comparisons", "efficiency", "sffm")  # = tables.TABLE_NAMES
     TABLE_FORMATS = ("tsv", "md", "tex")
     E2E, TWO_STAGE = "msamil", "dino_abmil"
 

@@ -1,8 +1,10 @@
-"""The paper's tables (main results, ablation, efficiency, SFFM selection) as TSV, Markdown and LaTeX.
+"""The paper's tables (main results, ablation, comparisons, efficiency, SFFM selection) as TSV, Markdown and LaTeX.
 
 Metrics are recomputed here from every run's predictions.tsv with the same `classification_metrics` the runs
 use, rather than read from metrics.json: the tables then depend only on predictions, which a test can check
-independently, and a stale metrics.json can never leak into the paper's numbers.
+independently, and a stale metrics.json can never leak into the paper's numbers. Main and ablation tables give
+the pooled out-of-fold AUC and ACC with stratified-bootstrap 95 % intervals beside the mean ± std over folds;
+`comparisons` gives each method's paired AUC difference to MsaMIL-Net (msamil.reporting.comparisons).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from msamil.config import SCALES
+from msamil.reporting import stats
+from msamil.reporting.comparisons import paired_comparisons, pooled_summary
 from msamil.reporting.report import (
     ablation_methods,
     lesion_dir,
@@ -31,7 +35,11 @@ from msamil.util.atomic import write_text, write_tsv
 log = logging.getLogger("msamil.reporting.tables")
 
 METRICS = ("acc", "balanced_acc", "macro_f1", "auc")
-SHOWN = {"acc": "ACC", "auc": "AUC"}  # the metrics the Markdown/LaTeX tables print (the TSV has all four)
+# What the Markdown/LaTeX metric tables print per dataset (the TSV has every metric): header, TSV columns of the
+# estimate (and of its interval, or its std over folds).
+SHOWN = (("AUC [95 % CI]", "auc_pooled", ("auc_ci_low", "auc_ci_high")),
+         ("ACC [95 % CI]", "acc_pooled", ("acc_ci_low", "acc_ci_high")),
+         ("AUC fold mean ± std", "auc_mean", ("auc_std",)))
 DIGITS = 3  # printed precision of Markdown/LaTeX
 TSV_DIGITS = 4
 EFFICIENCY_FIELDS = {
@@ -41,16 +49,25 @@ EFFICIENCY_FIELDS = {
     "infer_patches_per_s": "Infer patches / s",
     "peak_mem_mb": "Peak mem. (MB)",
 }
-TABLE_NAMES = ("main_results", "ablation", "efficiency", "sffm")
+POOLED_NOTE = ("pooled out-of-fold AUC and ACC with 95 %% percentile intervals from %d bootstrap resamples "
+               "stratified by class; AUC mean ± sample std over folds")
+TABLE_NAMES = ("main_results", "ablation", "comparisons", "efficiency", "sffm")
 FORMATS = ("tsv", "md", "tex")
 
 
 # ---------------------------------------------------------------------------------------------- numbers
 def fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, method, fold) with ACC, balanced ACC, macro-F1, AUC and n."""
+    """One row per (dataset, method, fold) with ACC, balanced ACC, macro-F1, AUC and n.
+
+    Slides without probabilities (a failed prediction) are left out, as in the pooled numbers, which log them.
+    """
     rows = []
     for (dataset, method, fold), group in predictions.groupby(["dataset", "method", "fold"], sort=False):
-        probs = group[prob_columns(group)].to_numpy(dtype=float)
+        cols = prob_columns(group)
+        group = group[group[cols].notna().all(axis=1)]
+        if group.empty:
+            continue
+        probs = group[cols].to_numpy(dtype=float)
         metrics = classification_metrics(group["label"].to_numpy(dtype=int), probs)
         rows.append({"dataset": dataset, "method": method, "fold": int(fold), **metrics})
     return pd.DataFrame(rows, columns=["dataset", "method", "fold", *METRICS, "n"])
@@ -144,6 +161,23 @@ def mean_std_text(mean: float, std: float, digits: int = DIGITS) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def interval_text(estimate: float, low: float, high: float, digits: int = DIGITS, sign: bool = False) -> str:
+    """`0.912 [0.861, 0.955]` (`+0.052 [+0.010, +0.094]` with `sign`); the interval is left out when undefined."""
+    if not np.isfinite(estimate):
+        return "n/a"
+    fmt = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return fmt.format(estimate)
+    return f"{fmt.format(estimate)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def p_text(p: float) -> str:
+    """p-values to 3 decimals, `<0.001` below that (the bootstrap's own floor is 2 / (resamples + 1))."""
+    if not np.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def best_mask(means: np.ndarray, digits: int = DIGITS) -> np.ndarray:
     """True where a column's mean is the best (highest) at the printed precision; ties are all marked."""
     rounded = np.round(np.asarray(means, dtype=float), digits)
@@ -171,7 +205,8 @@ def num_text(value: Any) -> str:
 
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                "Δ": r"$\Delta$"}
 
 
 def tex_escape(text: str) -> str:
@@ -235,23 +270,25 @@ def write_formats(out_dir: str | Path, name: str, tsv: pd.DataFrame, stubs: Sequ
 
 def metric_grid(summary: pd.DataFrame, methods: Sequence[str], labels: Mapping[str, str]
                 ) -> tuple[list[tuple[str, str]], list[list[str]], np.ndarray]:
-    """Methods x (dataset, metric) cells `mean ± std` and the best-per-column mask, for Markdown/LaTeX."""
+    """Methods x (dataset, SHOWN) cells (`est [low, high]` or `mean ± std`) and the best-per-column mask."""
     datasets = list(dict.fromkeys(summary["dataset"]))
     methods = [m for m in methods if m in set(summary["method"])]
-    columns = [(d, SHOWN[m]) for d in datasets for m in SHOWN]
+    columns = [(d, header) for d in datasets for header, _, _ in SHOWN]
+    spec = {header: (est, spread) for header, est, spread in SHOWN}
     means = np.full((len(methods), len(columns)), np.nan)
     rows = []
     indexed = summary.set_index(["dataset", "method"])
     for i, method in enumerate(methods):
         cells = [labels.get(method, method)]
-        for j, (dataset, shown) in enumerate(columns):
-            metric = next(k for k, v in SHOWN.items() if v == shown)
-            if (dataset, method) in indexed.index:
-                rec = indexed.loc[(dataset, method)]
-                means[i, j] = rec[f"{metric}_mean"]
-                cells.append(mean_std_text(rec[f"{metric}_mean"], rec[f"{metric}_std"]))
-            else:
+        for j, (dataset, header) in enumerate(columns):
+            if (dataset, method) not in indexed.index:
                 cells.append("–")
+                continue
+            rec = indexed.loc[(dataset, method)]
+            est, spread = spec[header]
+            means[i, j] = rec[est]
+            values = [float(rec[k]) for k in spread]
+            cells.append(interval_text(rec[est], *values) if len(values) == 2 else mean_std_text(rec[est], *values))
         rows.append(cells)
     return columns, rows, best_mask(means)
 
@@ -266,11 +303,38 @@ def _ordered(summary: pd.DataFrame, methods: Sequence[str], datasets: Sequence[s
 
 def metric_table(out_dir: str | Path, name: str, summary: pd.DataFrame, methods: Sequence[str],
                  datasets: Sequence[str], labels: Mapping[str, str], stub: str, caption: str) -> pd.DataFrame:
-    """Write one methods x datasets table (main or ablation) in the three formats; return its TSV frame."""
+    """Write one methods x datasets table (main or ablation) in the three formats; return its TSV frame.
+
+    `summary` holds the fold means and stds (`summarize`) and the pooled estimates (`pooled_summary`).
+    """
     table = _ordered(summary, methods, datasets)
     table.insert(2, "label", table["method"].map(lambda m: labels.get(m, m)))
     columns, rows, bold = metric_grid(table, methods, labels)
     write_formats(out_dir, name, table, [stub], columns, rows, bold, caption)
+    return table
+
+
+COMPARISON_SHOWN = ("Slides", "AUC", "MsaMIL-Net AUC", "ΔAUC [95 % CI]", "p", "p (Holm)", "DeLong p (Holm)",
+                    "Verdict")
+VERDICT_TEXT = {"better": "MsaMIL-Net better", "worse": "MsaMIL-Net worse", "inconclusive": "not shown"}
+
+
+def comparison_table(out_dir: str | Path, comparisons: pd.DataFrame, methods: Sequence[str],
+                     datasets: Sequence[str], labels: Mapping[str, str]) -> pd.DataFrame:
+    """Paired comparisons with MsaMIL-Net, one row per (dataset, method); ΔAUC = MsaMIL-Net minus the method."""
+    table = _ordered(comparisons, methods, datasets)
+    table.insert(2, "label", table["method"].map(lambda m: labels.get(m, m)))
+    rows = []
+    for r in table.itertuples():
+        slides = f"{r.n_slides}" + (f" ({r.n_unpaired} unpaired)" if r.n_unpaired else "")
+        rows.append([r.dataset, r.label, slides, f"{r.auc_method:.{DIGITS}f}", f"{r.auc_reference:.{DIGITS}f}",
+                     interval_text(r.delta_auc, r.ci_low, r.ci_high, sign=True), p_text(r.p_boot),
+                     p_text(r.p_boot_holm), p_text(r.p_delong_holm), VERDICT_TEXT.get(r.verdict, r.verdict)])
+    resamples = int(table["n_resamples"].max()) if len(table) else 0
+    write_formats(out_dir, "comparisons", table, ["Dataset", "Method"], [("", c) for c in COMPARISON_SHOWN], rows,
+                  caption=f"paired comparisons with MsaMIL-Net: AUC difference (MsaMIL-Net - method) on the same "
+                          f"slides, 95 % percentile interval and p from {resamples} stratified bootstrap resamples, "
+                          f"Holm-adjusted within each dataset; DeLong's test as a check")
     return table
 
 
@@ -297,26 +361,33 @@ def sffm_table(out_dir: str | Path, sel: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_tables(results: str | Path, datasets: Sequence[str], methods: Mapping[str, Mapping[str, Any]] | Sequence[str],
-                 folds: Sequence[int], out_dir: str | Path, scales: Sequence[str] = SCALES) -> dict[str, pd.DataFrame]:
-    """Write main_results, ablation, efficiency and sffm as .tsv/.md/.tex under `out_dir`.
+                 folds: Sequence[int], out_dir: str | Path, scales: Sequence[str] = SCALES,
+                 n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict[str, pd.DataFrame]:
+    """Write main_results, ablation, comparisons, efficiency and sffm as .tsv/.md/.tex under `out_dir`.
 
     `methods` is config["methods"] (name -> switches, used for the ablation labels) or just names. Methods,
     datasets or folds without outputs are skipped with a warning, so a partial run still gets tables.
+    `n_resamples` and `seed` drive every bootstrap interval and paired p-value (report.bootstrap_* in config).
     """
     specs = dict(methods) if isinstance(methods, Mapping) else {m: {} for m in methods}
     names = list(specs)
     labels = {m: method_label(m, specs[m] or None, scales) for m in names}
     predictions = load_predictions(results, datasets, names, folds)
     per_fold = fold_metrics(predictions)
-    summary = summarize(per_fold)
+    summary = summarize(per_fold).merge(pooled_summary(predictions, n_resamples, seed),
+                                        on=["dataset", "method"], how="left")
     present = [d for d in datasets if d in set(summary["dataset"])]
     for dataset in set(datasets) - set(present):
         log.warning("dataset %s has no predictions; left out of the tables", dataset)
+    compared = [*main_methods(names), *ablation_methods(names)]  # baselines first, then the ablations
     out = {
         "main_results": metric_table(out_dir, "main_results", summary, main_methods(names), present, labels,
-                                     "Method", "main results: mean ± sample std over folds"),
+                                     "Method", f"main results: {POOLED_NOTE % n_resamples}"),
         "ablation": metric_table(out_dir, "ablation", summary, ablation_methods(names), present, labels,
-                                 "Variant", "ablation of MsaMIL-Net: mean ± sample std over folds"),
+                                 "Variant", f"ablation of MsaMIL-Net: {POOLED_NOTE % n_resamples}"),
+        "comparisons": comparison_table(
+            out_dir, paired_comparisons(predictions, compared, n_resamples=n_resamples, seed=seed), compared,
+            present, labels),
         "efficiency": efficiency_table(out_dir, efficiency_summary(load_efficiency(results, datasets, names, folds)),
                                        names, datasets, labels),
         "sffm": sffm_table(out_dir, selection_summary(results, datasets, folds, scales)),

@@ -1,4 +1,4 @@
-"""Rule `tables`: main results, ablation, efficiency and SFFM tables (msamil.reporting.tables.build_tables)."""
+"""Rule `tables`: main results, ablation, comparisons, efficiency and SFFM tables (msamil.reporting.tables)."""
 
 from pathlib import Path
 
@@ -10,4 +10,5 @@ RESULTS = Path(snakemake.output.main_results_tsv).parents[1]  # outputs lie one 
 with log_to(snakemake.log[0]):
     build_tables(RESULTS, snakemake.params.datasets, snakemake.params.methods,
                  snakemake.params.folds, Path(snakemake.output.main_results_tsv).parent,
-                 scales=snakemake.params.scales)
+                 scales=snakemake.params.scales, n_resamples=snakemake.params.bootstrap_resamples,
+                 seed=snakemake.params.bootstrap_seed)
