@@ -35,6 +35,9 @@ METHOD_COLORS = {
     "msamil_no_mhe": OKABE_ITO["black"],
     "msamil_gated_pool": OKABE_ITO["grey"],
     "msamil_frozen": OKABE_ITO["yellow"],
+    # Okabe-Ito has nine colours; two more from Paul Tol's colour-blind-safe "muted" scheme (wine, teal)
+    "msamil_10x_only": "#882255",
+    "msamil_5x_only": "#44AA99",
 }
 _SPARE = [OKABE_ITO[k] for k in ("blue", "orange", "green", "purple", "sky", "black", "vermillion", "grey")]
 SCALE_COLORS = {"20x": OKABE_ITO["vermillion"], "10x": OKABE_ITO["blue"], "5x": OKABE_ITO["green"]}
