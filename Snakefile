@@ -43,3 +43,12 @@ rule all:
     input:
         expand("results/{dataset}/slides.tsv", dataset=config["datasets"]),
         final_targets,
+
+
+# Exclusions are easy to miss in a log: say at the end how many slides each dataset used and where the rest are.
+onsuccess:
+    summarise_datasets()
+
+
+onerror:
+    summarise_datasets()

@@ -10,7 +10,7 @@ AGG = AggregatePlan(
     RESULTS,
     METHODS,
     FOLDS,
-    lambda dataset: checkpoints.inspect.get(dataset=dataset).output.slides,
+    lambda dataset: checkpoints.slides.get(dataset=dataset).output.slides,
 )
 aggregate_targets = AGG.targets
 
@@ -274,8 +274,6 @@ rule efficiency_plot:
 rule qc_sheets:
     input:
         slides=f"{RESULTS}/{{dataset}}/slides.tsv",
-        qc=f"{RESULTS}/{{dataset}}/qc",
-        masks=per_slide(f"{RESULTS}/{{dataset}}/tissue/{{slide}}.png"),
     output:
         sheets=report(
             directory(f"{RESULTS}/{{dataset}}/qc_sheets"),

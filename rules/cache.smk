@@ -1,10 +1,13 @@
-# rules for the cache stage (see docs/CONTRACT.md): one aligned 20x/10x/5x HDF5 patch cache per slide.
+# rules for the cache stage (see docs/CONTRACT.md): one aligned 20x/10x/5x HDF5 patch cache per slide. A slide
+# that fails here (a corrupt tile inside tissue, no tissue patches) gets a failure record in place of its cache
+# and is listed in excluded.tsv by the `slides` gather; every other slide goes on.
 
 
 rule cache:
     input:
-        mask=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.png",
-        slides=f"{RESULTS}/{{dataset}}/slides.tsv",
+        unpack(stage_inputs(CACHE)),
+        mask=TISSUE_MASK,
+        geojson=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.geojson",
     output:
         h5=CACHE,
     log:
@@ -15,8 +18,8 @@ rule cache:
         "../envs/slide.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=slide_resource("cache", "mem_mb"),
+        runtime=slide_resource("cache", "runtime"),
     params:
         mpp_20x=config["mpp_20x"],
         patch_px=config["patch_px"],

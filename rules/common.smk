@@ -1,16 +1,28 @@
 # Shared helpers: config validation, paths, the inspect checkpoint's slide list, final targets.
+import functools
+import inspect
+import json
 import os
 import re
 import shutil
+import sys
 
 import pandas as pd
+from snakemake.common import overwrite_function_params
+from snakemake.logging import logger
 from snakemake.utils import validate
+
+from msamil.datasets.registry import DATASETS as REGISTRY
+from msamil.errors import ConfigError
+from msamil.slides.outcomes import read_decision, summary_line
+from msamil.slides.slide_table import slide_id_problem
+from msamil.slides.table import read_slide_table, row_dicts
 
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 for _ds in config["datasets"]:
     if _ds not in config["dataset_config"]:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'datasets' names {_ds!r}, which has no entry under 'dataset_config' "
             f"(known: {sorted(config['dataset_config'])}); add one or use a preset (presets/paper.yaml)"
         )
@@ -19,6 +31,9 @@ RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 CACHE = f"{RESULTS}/{{dataset}}/cache/{{slide}}.h5"
+DECISION = f"{RESULTS}/{{dataset}}/inspect/{{slide}}.json"
+TISSUE_MASK = f"{RESULTS}/{{dataset}}/tissue/{{slide}}.png"
+TISSUE_QC = f"{RESULTS}/{{dataset}}/tissue_qc/{{slide}}.png"
 RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{method}}/fold{{fold}}"
 FOLDS = list(range(config.get("splits", {}).get("folds", 5)))
 METHODS = list(config["methods"])
@@ -43,20 +58,113 @@ wildcard_constraints:
     method="[A-Za-z0-9_]+",
 
 
-def slides_table(dataset):
-    """The inspect checkpoint's table of usable slides; reading it waits for the checkpoint."""
-    return pd.read_csv(
-        inspected_slides_path(dataset), sep="\t", dtype=str, keep_default_na=False
-    )
+def per_job(func):
+    """Mark a function Snakemake calls for every job of a per-slide rule. Snakemake inspects the signature of
+    such a function each time it calls it (about a dozen times per job); with thousands of slides that was a
+    large share of planning, so the signature is computed once here (Snakemake's own `overwrite_function_params`,
+    which its path helpers use the same way)."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
+def dataset_cfg(dataset):
+    return config["dataset_config"][dataset]
+
+
+def dataset_kind(dataset):
+    """Where a dataset's slide table comes from: 'synthetic' (generated), 'registry' (a scanner of a public
+    dataset's layout) or 'table' (the user's own slide_table)."""
+    spec = dataset_cfg(dataset)
+    if spec["source"] == "synthetic":
+        return "synthetic"
+    if dataset in REGISTRY:
+        return "registry"
+    return "table"
+
+
+def check_dataset(dataset):
+    """A dataset that is not synthetic nor a registry one is the user's cohort: it needs its slide table."""
+    spec = dataset_cfg(dataset)
+    if dataset_kind(dataset) == "table" and (
+        spec["source"] != "local" or not spec.get("slide_table")
+    ):
+        raise ConfigError(
+            f"dataset_config.{dataset}: {dataset!r} is not one of the registry datasets {sorted(REGISTRY)}, so "
+            "it is read from your own slide table: set `source: local` and `slide_table: FILE` (a TSV/CSV with "
+            "slide, patient, label, path; see README 'Your own slides')"
+        )
+
+
+for _ds in config["datasets"]:
+    check_dataset(_ds)
+
+
+def dataset_tissue(dataset):
+    """Tissue settings of a dataset: the `tissue` section, with dataset_config.<name>.tissue on top."""
+    return {**config.get("tissue", {}), **dataset_cfg(dataset).get("tissue", {})}
+
+
+@functools.lru_cache(maxsize=64)
+def _read_rows(path, mtime, require_label=True):
+    table = read_slide_table(path, require_label=require_label)
+    return table, row_dicts(table)
+
+
+def raw_table(dataset):
+    """The slide table of a dataset (the user's file, or the one the synthetic/registry rules write)."""
+    kind = dataset_kind(dataset)
+    if kind == "table":
+        return dataset_cfg(dataset)["slide_table"]
+    if kind == "synthetic":
+        return checkpoints.synthetic_table.get(dataset=dataset).output.table
+    return checkpoints.dataset_table.get(dataset=dataset).output.table
+
+
+def raw_rows(dataset):
+    """Every row of the dataset's slide table, indexed by slide (waits for the table's checkpoint if any)."""
+    path = raw_table(dataset)
+    return _read_rows(path, os.path.getmtime(path))[0]
+
+
+def raw_row_dicts(dataset):
+    """{slide: row dict} of the dataset's slide table (cached until the table changes)."""
+    path = raw_table(dataset)
+    return _read_rows(path, os.path.getmtime(path))[1]
+
+
+@per_job
+def slide_row(wildcards):
+    """The job's own slide-table row, as a dict: the only thing its inspect job reads of the table."""
+    rows = raw_row_dicts(wildcards.dataset)
+    if wildcards.slide not in rows:
+        raise ConfigError(
+            f"slide {wildcards.slide!r} is not in the slide table of dataset {wildcards.dataset} "
+            f"({raw_table(wildcards.dataset)})"
+        )
+    return dict(rows[wildcards.slide])
 
 
 def inspected_slides_path(dataset):
+    """inspect/slides.tsv: the slides that passed inspection (reading it waits for the inspect gather)."""
     return checkpoints.inspect.get(dataset=dataset).output.slides
 
 
+@functools.lru_cache(maxsize=64)
+def _read_ids(path, mtime):
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)[
+        "slide"
+    ].tolist()
+
+
+def passed_inspection(dataset):
+    path = inspected_slides_path(dataset)
+    return _read_ids(path, os.path.getmtime(path))
+
+
 def usable_slides(dataset):
-    """Slides that passed inspection; evaluating this waits for the inspect checkpoint."""
-    return slides_table(dataset)["slide"].tolist()
+    """Slides of the final slides.tsv (inspected and cached); evaluating this waits for the `slides` gather."""
+    path = checkpoints.slides.get(dataset=dataset).output.slides
+    return _read_ids(path, os.path.getmtime(path))
 
 
 def per_slide(pattern):
@@ -71,18 +179,15 @@ def per_slide(pattern):
 
 
 def dataset_targets(dataset):
-    """Everything `all` builds for one dataset, stage by stage (stages extend this as they land)."""
-    slides = usable_slides(dataset)
+    """Everything `all` builds for one dataset. Per-slide files are inputs of slides.tsv, so they are not listed
+    here: thousands of targets would only slow down planning."""
     targets = [f"{RESULTS}/{dataset}/slides.tsv"]
-    targets += expand(f"{RESULTS}/{dataset}/tissue/{{slide}}.png", slide=slides)
-    targets += expand(CACHE, dataset=dataset, slide=slides)
     targets.append(f"{RESULTS}/{dataset}/splits/folds.tsv")
     targets += expand(
         f"{RESULTS}/{dataset}/lesion/fold{{fold}}/selection_summary.tsv", fold=FOLDS
     )
     targets += expand(
-        f"{RUN_DIR}/metrics.json",
-        dataset=dataset,
+        f"{RESULTS}/{dataset}/runs/{{method}}/fold{{fold}}/metrics.json",
         method=METHODS,
         fold=FOLDS,
     )
@@ -96,20 +201,12 @@ def final_targets(wildcards):
     return targets + aggregate_targets()
 
 
-def dataset_cfg(dataset):
-    return config["dataset_config"][dataset]
-
-
-def raw_table(dataset):
-    """The source table every dataset provides: slide, patient, label, path, annotation, mpp."""
-    return f"{RESULTS}/{dataset}/raw/table.tsv"
-
-
-def raw_slide_inputs(wildcards):
-    """Files the inspect checkpoint needs for a dataset: its source table and every slide file in it."""
-    if dataset_cfg(wildcards.dataset)["source"] == "synthetic":
-        return synthetic_raw_inputs(wildcards.dataset)
-    return external_raw_inputs(wildcards.dataset)
+def summarise_datasets():
+    """The end-of-run line per dataset: N slides used, M excluded (and where they are listed)."""
+    for dataset in config["datasets"]:
+        line = summary_line(RESULTS, dataset)
+        if line:
+            logger.info(line)
 
 
 def methods_of_kind(*kinds):

@@ -1,10 +1,12 @@
 # Helpers of the datasets rules (rules/datasets.smk): the per-slide plan read from the dataset_table checkpoint.
 import functools
 
+# Registry datasets (msamil.datasets.registry) are fetched and scanned; a user's own cohort (`source: local` with a
+# `slide_table`, any other name) needs neither: its table is read directly (rules/common.smk, raw_table).
 EXTERNAL_DATASETS = [
     name
     for name, spec in config["dataset_config"].items()
-    if spec["source"] != "synthetic"
+    if spec["source"] != "synthetic" and name in REGISTRY
 ]
 EXTERNAL_RE = names_regex(EXTERNAL_DATASETS)
 
@@ -43,11 +45,3 @@ def plan_files(column):
         return [value] if value else []
 
     return _files
-
-
-def external_raw_inputs(dataset):
-    """The source table plus every slide and annotation file it names (what the inspect checkpoint needs)."""
-    table_path = checkpoints.dataset_table.get(dataset=dataset).output.table
-    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
-    annotations = [a for a in table["annotation"] if a]
-    return [table_path, *table["path"], *annotations]

@@ -1,14 +1,40 @@
-# The inspect checkpoint: every slide of a dataset is opened, checked and either listed in slides.tsv or excluded
-# with a reason in excluded.tsv. Later rules expand over slides.tsv only (usable_slides in common.smk).
+# Inspection, one job per row of the dataset's slide table: the slide is opened, checked and either kept (its
+# slides.tsv row) or excluded with a reason, in a per-slide decision file. A job's params are its own row, so
+# editing one row (its mpp, label or file) reruns that slide's jobs and what depends on them, and nothing else.
+# Two gathers make the per-dataset tables (msamil.slides.outcomes):
+#   checkpoint inspect: decisions -> inspect/slides.tsv, inspect/excluded.tsv (which slides get tissue and cache)
+#   checkpoint slides:  those + every cache -> slides.tsv (usable slides, each cache with its checksum: the one
+#                       manifest later stages depend on) and excluded.tsv (every slide left out, at any stage).
+
+
+rule inspect_slide:
+    input:
+        unpack(inspect_slide_inputs),
+    output:
+        decision=DECISION,
+        qc=f"{RESULTS}/{{dataset}}/qc/{{slide}}.png",
+    log:
+        log_path("inspect_slide", "{dataset}", "{slide}"),
+    benchmark:
+        bench_path("inspect_slide", "{dataset}", "{slide}")
+    conda:
+        "../envs/slide.yaml"
+    threads: 1
+    resources:
+        mem_mb=inspect_resource("mem_mb"),
+        runtime=inspect_resource("runtime"),
+    params:
+        spec=inspect_params,
+    script:
+        "../workflow/scripts/inspect_slide.py"
 
 
 checkpoint inspect:
     input:
-        raw_slide_inputs,
+        all_decisions,
     output:
-        slides=f"{RESULTS}/{{dataset}}/slides.tsv",
-        excluded=f"{RESULTS}/{{dataset}}/excluded.tsv",
-        qc=directory(f"{RESULTS}/{{dataset}}/qc"),
+        slides=f"{RESULTS}/{{dataset}}/inspect/slides.tsv",
+        excluded=f"{RESULTS}/{{dataset}}/inspect/excluded.tsv",
     log:
         log_path("inspect", "{dataset}"),
     benchmark:
@@ -17,11 +43,31 @@ checkpoint inspect:
         "../envs/slide.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=2000,
+        runtime=30,
     params:
-        table=lambda wc: raw_table(wc.dataset),
-        dataset_cfg=lambda wc: dataset_cfg(wc.dataset),
-        tissue=config.get("tissue", {}),
+        unnamed=unnamed_rows,
     script:
-        "../workflow/scripts/inspect_slides.py"
+        "../workflow/scripts/inspect_gather.py"
+
+
+checkpoint slides:
+    input:
+        slides=f"{RESULTS}/{{dataset}}/inspect/slides.tsv",
+        excluded=f"{RESULTS}/{{dataset}}/inspect/excluded.tsv",
+        caches=passed_caches,
+    output:
+        slides=f"{RESULTS}/{{dataset}}/slides.tsv",
+        excluded=f"{RESULTS}/{{dataset}}/excluded.tsv",
+    log:
+        log_path("slides", "{dataset}"),
+    benchmark:
+        bench_path("slides", "{dataset}")
+    conda:
+        "../envs/slide.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../workflow/scripts/slides_gather.py"

@@ -1,4 +1,5 @@
 # rules for the lesion stage (see docs/CONTRACT.md): per-fold U-Net++ lesion segmentation and SFFM selection.
+# slides.tsv is their only per-slide input: it changes whenever a slide, its annotation or its cache does.
 
 LESION = config.get("lesion", {})
 LESION_DIR = f"{RESULTS}/{{dataset}}/lesion/fold{{fold}}"
@@ -8,7 +9,6 @@ rule lesion_train:
     input:
         slides=inspected_slides,
         folds=f"{RESULTS}/{{dataset}}/splits/folds.tsv",
-        files=lesion_slide_files,
     output:
         model=f"{LESION_DIR}/unetpp.pt",
         history=f"{LESION_DIR}/history.tsv",
@@ -35,7 +35,6 @@ rule lesion_infer:
     input:
         slides=inspected_slides,
         model=f"{LESION_DIR}/unetpp.pt",
-        files=lesion_slide_files,
     output:
         probmaps=f"{LESION_DIR}/probmaps.h5",
     log:
@@ -58,7 +57,7 @@ rule lesion_infer:
 rule sffm:
     input:
         probmaps=f"{LESION_DIR}/probmaps.h5",
-        caches=per_slide(CACHE),
+        slides=inspected_slides,
     output:
         selection=f"{LESION_DIR}/selection.h5",
         summary=f"{LESION_DIR}/selection_summary.tsv",

@@ -1,6 +1,6 @@
-# The embedded synthetic dataset (DESIGN.md section 9): a table of slides/patients/labels, then one job per slide
-# that draws an Aperio SVS and its lesion GeoJSON (msamil.slides.synthetic). Slide ids are known from the config,
-# so no checkpoint is needed: syn_000 .. syn_{n_slides-1} (the same names as msamil.slides.synthetic.slide_ids).
+# The embedded synthetic dataset (DESIGN.md section 9): a slide table of slides/patients/labels (a checkpoint:
+# the per-slide inspect jobs read their rows from it, like any cohort's table), then one job per slide that draws
+# an Aperio SVS and its lesion GeoJSON (msamil.slides.synthetic). Slide ids syn_000 .. syn_{n_slides-1}.
 
 SYNTHETIC_DATASETS = [
     name
@@ -13,7 +13,7 @@ SYNTHETIC_SLIDE = f"{RESULTS}/{{dataset}}/raw/slides/{{slide}}.svs"
 SYNTHETIC_ANNOTATION = f"{RESULTS}/{{dataset}}/raw/annotations/{{slide}}.geojson"
 
 
-rule synthetic_table:
+checkpoint synthetic_table:
     output:
         table=f"{RESULTS}/{{dataset}}/raw/table.tsv",
     log:
@@ -31,10 +31,9 @@ rule synthetic_table:
     params:
         synthetic=SYNTHETIC,
         seed=config["seed"],
-        slide_pattern=lambda wc: SYNTHETIC_SLIDE.replace("{dataset}", wc.dataset),
-        annotation_pattern=lambda wc: SYNTHETIC_ANNOTATION.replace(
-            "{dataset}", wc.dataset
-        ),
+        # relative to the table's folder, as in any slide table (msamil.slides.table)
+        slide_pattern=lambda wc: "slides/{slide}.svs",
+        annotation_pattern=lambda wc: "annotations/{slide}.geojson",
     script:
         "../workflow/scripts/synthetic_table.py"
 

@@ -1,14 +1,15 @@
-# Tissue segmentation, one job per usable slide: mask PNG at tissue.seg_mpp, contours (GeoJSON), QC overlay.
+# Tissue segmentation, one job per slide that passed inspection: mask PNG at tissue.seg_mpp, contours (GeoJSON),
+# QC overlay. Its inputs are the slide's own decision file and slide file, never the whole table: editing another
+# slide's row does not rerun it. A slide that fails here is excluded (msamil.tissue.detect.run_tissue_from_decision).
 
 
 rule tissue:
     input:
-        slides=lambda wc: checkpoints.inspect.get(dataset=wc.dataset).output.slides,
-        slide=slide_file,
+        unpack(stage_inputs(TISSUE_MASK, TISSUE_QC)),
     output:
-        mask=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.png",
+        mask=TISSUE_MASK,
         geojson=f"{RESULTS}/{{dataset}}/tissue/{{slide}}.geojson",
-        qc=f"{RESULTS}/{{dataset}}/tissue_qc/{{slide}}.png",
+        qc=TISSUE_QC,
     log:
         log_path("tissue", "{dataset}", "{slide}"),
     benchmark:
@@ -17,9 +18,9 @@ rule tissue:
         "../envs/slide.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=slide_resource("tissue", "mem_mb"),
+        runtime=slide_resource("tissue", "runtime"),
     params:
-        tissue=config.get("tissue", {}),
+        tissue=tissue_params,
     script:
         "../workflow/scripts/tissue.py"

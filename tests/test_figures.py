@@ -112,13 +112,12 @@ report: "{REPO}/workflow/report/workflow.rst"
 include: "{REPO}/rules/common.smk"
 
 
-checkpoint inspect:
+checkpoint slides:
     output:
         slides=f"{{RESULTS}}/{{{{dataset}}}}/slides.tsv",
         excluded=f"{{RESULTS}}/{{{{dataset}}}}/excluded.tsv",
-        qc=directory(f"{{RESULTS}}/{{{{dataset}}}}/qc"),
     shell:
-        "echo 'the test writes the inspect outputs itself' >&2; exit 1"
+        "echo 'the test writes the slides gather outputs itself' >&2; exit 1"
 
 
 include: "{REPO}/rules/aggregate.smk"
@@ -132,7 +131,7 @@ rule aggregate_all:
 
 @pytest.mark.slow
 def test_aggregate_rules_and_report(tmp_path):
-    """Runs only rules/aggregate.smk (with common.smk and a stand-in for the inspect checkpoint) on a fake tree.
+    """Runs only rules/aggregate.smk (with common.smk and a stand-in for the `slides` checkpoint) on a fake tree.
 
     The real Snakefile cannot be used on a fake tree: Snakemake walks every upstream producer of the inputs and
     needs their own inputs (raw slides, models) to exist. The full chain is covered by the end-to-end test.

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import slide_fixtures as sf
 
-from msamil.errors import MsamilError
+from msamil.errors import ConfigError, MsamilError
 from msamil.slides.inspection import EXCLUDED_COLUMNS, SLIDES_COLUMNS, inspect_dataset
 
 TISSUE = {"seg_mpp": 4.0, "median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0,
@@ -33,6 +33,9 @@ def mixed(tmp_path_factory):
     sf.write_no_mpp(sd / "nompp.tif", _img(5))
     sf.write_background(sd / "empty.svs", 640, 480)
     sf.write_aperio(sd / "badlabel.svs", _img(6), 0.5)
+    sf.write_aperio(sd / "noann.svs", _img(7), 0.5)
+    (d / "ann").mkdir()
+    (d / "ann" / "good2.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     rows = [
         {"slide": "good1", "patient": "p1", "label": "benign", "path": str(sd / "good1.svs")},
         {"slide": "good2", "patient": "p2", "label": "malignant", "path": "slides/good2.tif",
@@ -45,6 +48,11 @@ def mixed(tmp_path_factory):
         {"slide": "badlabel", "patient": "p7", "label": "tumour", "path": str(sd / "badlabel.svs")},
         {"slide": "missing", "patient": "p8", "label": "benign", "path": str(sd / "missing.svs")},
         {"slide": "..", "patient": "p1", "label": "benign", "path": str(sd / "good1.svs")},  # would escape qc/
+        {"slide": "nolabel", "patient": "p9", "label": "", "path": str(sd / "good1.svs")},
+        {"slide": "noann", "patient": "p10", "label": "benign", "path": "slides/noann.svs",
+         "annotation": "ann/noann.geojson"},
+        {"slide": "skipped", "patient": "p11", "label": "benign", "path": str(sd / "good1.svs"),
+         "exclude": "re-scan pending"},
     ]
     table = sf.write_table(d / "table.tsv", rows)
     out = {"slides": d / "out" / "slides.tsv", "excluded": d / "out" / "excluded.tsv", "qc": d / "out" / "qc"}
@@ -59,7 +67,8 @@ def result(mixed):
     return slides, excluded, out
 
 
-def test_usable_slides(result):
+def test_usable_slides(mixed, result):
+    d = mixed[0]
     slides, _, out = result
     table = pd.read_csv(out["slides"], sep="\t", keep_default_na=False)
     assert list(table.columns) == SLIDES_COLUMNS
@@ -68,7 +77,8 @@ def test_usable_slides(result):
     assert by.loc["good1", "vendor"] == "aperio" and by.loc["good1", "mpp"] == 0.5
     assert by.loc["good1", "mpp_source"] == "openslide" and by.loc["good1", "magnification"] == 20
     assert by.loc["good2", "mpp"] == 0.25 and by.loc["good2", "magnification"] == 40
-    assert by.loc["good2", "annotation"] == "ann/good2.geojson"
+    assert by.loc["good2", "annotation"] == str(d / "ann" / "good2.geojson")  # relative to the table's folder
+    assert by.loc["good2", "path"] == str(d / "slides" / "good2.tif")
     assert by.loc["fixed", "mpp_source"] == "override"
     assert by["label_idx"].tolist() == [0, 1, 1]
     assert (by["width"] == 640).all() and (by["levels"] >= 2).all()
@@ -81,7 +91,7 @@ def test_excluded_with_precise_reasons(result):
     assert list(table.columns) == EXCLUDED_COLUMNS
     reasons = dict(zip(table["slide"] + "#" + table.index.astype(str), table["reason"], strict=True))
     by = {k.split("#")[0]: v for k, v in reasons.items()}
-    assert set(by) == {"cut", "text", "nompp", "empty", "badlabel", "missing", ".."}
+    assert set(by) == {"cut", "text", "nompp", "empty", "badlabel", "missing", "..", "nolabel", "noann", "skipped"}
     assert by["cut"].startswith("unreadable: truncated or corrupt")
     assert by["text"].startswith("not a slide OpenSlide can read")
     assert by["nompp"].startswith("no MPP")
@@ -89,7 +99,17 @@ def test_excluded_with_precise_reasons(result):
     assert by["badlabel"].startswith("label 'tumour' is not one of")
     assert by["missing"].startswith("file not found")
     assert by[".."] == "slide id '..' is a directory reference"
-    assert (table["fix"] != "").all()
+    assert by["nolabel"] == "no label"
+    assert by["noann"].startswith("annotation file not found")
+    assert by["skipped"] == "excluded by the slide table: re-scan pending"
+    assert (table["fix"] != "").all() and (table["stage"] == "inspect").all()
+
+
+def test_duplicated_ids_are_an_error_naming_them(tmp_path):
+    table = sf.write_table(tmp_path / "t.tsv", [
+        {"slide": s, "patient": "p", "label": "benign", "path": "x.svs"} for s in ("a", "b", "a", "c", "b")])
+    with pytest.raises(ConfigError, match=r"2 slide id\(s\) occur more than once: 'a' \(lines \[2, 4\]\); 'b'"):
+        inspect_dataset(table, DS, tmp_path / "s.tsv", tmp_path / "e.tsv", tmp_path / "qc", tissue_cfg=TISSUE)
 
 
 def test_qc_thumbnails(result):

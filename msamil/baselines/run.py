@@ -34,6 +34,7 @@ from msamil.baselines.sampling import PatchSampler, count_patches
 from msamil.config import method_settings
 from msamil.errors import ConfigError
 from msamil.models.backbone import create_backbone, select_device
+from msamil.slides.outcomes import slide_caches
 from msamil.splits import folds
 from msamil.training.outputs import peak_memory_mb, predictions_frame, write_run_outputs
 from msamil.util.atomic import atomic_path, write_tsv
@@ -150,8 +151,9 @@ def _n_params(head: ABMILResult, embedder: PooledBackbone | None, model_cfg: Map
 
 
 def run_baseline(*, config: Mapping[str, Any], dataset: str, method: str, fold: int, slides_tsv: str | Path,
-                 folds_tsv: str | Path, cache_paths: Sequence[str | Path] | Mapping[str, str | Path],
-                 run_dir: str | Path, feature_paths: Sequence[str | Path] | Mapping[str, str | Path] | None = None,
+                 folds_tsv: str | Path, run_dir: str | Path,
+                 cache_paths: Sequence[str | Path] | Mapping[str, str | Path] | None = None,
+                 feature_paths: Sequence[str | Path] | Mapping[str, str | Path] | None = None,
                  device: str | None = None, threads: int | None = None,
                  resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one baseline on one fold and write predictions.tsv, metrics.json, efficiency.json, attention.h5,
@@ -160,6 +162,7 @@ def run_baseline(*, config: Mapping[str, Any], dataset: str, method: str, fold: 
     `feature_paths` (the fold-independent frozen-backbone features) replace the first extraction of `abmil` and of
     ICMIL's round 0, which start from that very backbone; without them the features are extracted here.
     `resources` are the rule's: a job holding a GPU fails at once when it sees none (msamil.util.device).
+    `cache_paths` default to those listed in `slides_tsv` (the workflow's slides.tsv manifest).
     """
     t0 = time.perf_counter()
     settings = method_settings(dict(config), method)
@@ -178,6 +181,8 @@ def run_baseline(*, config: Mapping[str, Any], dataset: str, method: str, fold: 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     fold_data = load_fold(slides_tsv, folds_tsv, fold, config["dataset_config"][dataset]["classes"])
+    if cache_paths is None:
+        cache_paths = slide_caches(slides_tsv)
     caches = _subset(_by_slide(cache_paths), fold_data.all, "cache file")
     audit = Audit()
     extract_tp = Throughput()

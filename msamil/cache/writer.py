@@ -28,6 +28,7 @@ renamed only after it is closed, so a failure midway leaves nothing that passes 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -37,7 +38,6 @@ import cv2
 import h5py
 import numpy as np
 import openslide
-import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
@@ -181,16 +181,20 @@ class _ScaleWriter:
     """Appends patches of one scale in order: raw patches straight away as whole chunks, JPEG bytes batched into
     slice writes of _FLUSH."""
 
-    def __init__(self, dset: h5py.Dataset, encoding: str, quality: int) -> None:
+    def __init__(self, dset: h5py.Dataset, encoding: str, quality: int, digest: Any) -> None:
         self.dset = dset
         self.encoding = encoding
         self.quality = quality
+        self.digest = digest  # sha256 of every patch's stored bytes, in order (the cache's content checksum)
         self.pos = 0
         self.buf: list[np.ndarray] = []
 
     def add(self, imgs: np.ndarray) -> None:
         if self.encoding == "jpeg":
-            self.buf.extend(_encode_jpeg(img, self.quality) for img in imgs)
+            encoded = [_encode_jpeg(img, self.quality) for img in imgs]
+            for buf in encoded:
+                self.digest.update(buf.tobytes())
+            self.buf.extend(encoded)
             if len(self.buf) >= _FLUSH:
                 self.flush()
             return
@@ -198,7 +202,9 @@ class _ScaleWriter:
         # patch than a hyperslab write through h5py's selection machinery).
         write_chunk = self.dset.id.write_direct_chunk
         for img in imgs:
-            write_chunk((self.pos, 0, 0, 0), np.ascontiguousarray(img).tobytes())
+            data = np.ascontiguousarray(img).tobytes()
+            self.digest.update(data)
+            write_chunk((self.pos, 0, 0, 0), data)
             self.pos += 1
 
     def flush(self) -> None:
@@ -233,14 +239,18 @@ def write_cache(slide: Any, layout: Layout, out_path: str | os.PathLike[str], *,
     level0_mag = 20.0 * mpp_20x / float(attrs["mpp"])
     total = sum(layout.counts().values())
     # No chunk cache: every chunk is written once, in order, and caching only adds copies (measured 1.5x faster).
+    # A content checksum computed while writing (no re-read): slides.tsv lists it, so a rebuilt cache changes the
+    # one manifest that training jobs depend on.
+    digest = hashlib.sha256()
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w", rdcc_nbytes=0) as f:
         writers: dict[str, _ScaleWriter] = {}
         for s in SCALES:
             sp = layout.scales[s]
             g = f.create_group(s)
-            g.create_dataset("coords", data=sp.coords.astype(np.int64))
-            g.create_dataset("parent", data=sp.parent.astype(np.int64))
-            g.create_dataset("tissue_frac", data=sp.tissue_frac.astype(np.float32))
+            for name, arr in (("coords", sp.coords.astype(np.int64)), ("parent", sp.parent.astype(np.int64)),
+                              ("tissue_frac", sp.tissue_frac.astype(np.float32))):
+                g.create_dataset(name, data=arr)
+                digest.update(np.ascontiguousarray(arr).tobytes())
             n = len(sp)
             if encoding == "jpeg":
                 imgs = g.create_dataset("imgs", shape=(n,), dtype=h5py.vlen_dtype(np.uint8),
@@ -251,7 +261,7 @@ def write_cache(slide: Any, layout: Layout, out_path: str | os.PathLike[str], *,
             g.attrs.update({"patch_size_level0": layout.footprint(s), "patch_size": patch_px,
                             "mpp": scale_mpp(s, mpp_20x), "encoding": encoding,
                             "magnification": 20.0 / SCALE_FACTOR[s]})
-            writers[s] = _ScaleWriter(imgs, encoding, jpeg_quality)
+            writers[s] = _ScaleWriter(imgs, encoding, jpeg_quality, digest)
         root = f.create_dataset("coords", data=layout.scales["20x"].coords.astype(np.int64))
         root.attrs.update({
             # CLAM (Whole_Slide_Bag_FP reads patch_level and patch_size)
@@ -277,6 +287,7 @@ def write_cache(slide: Any, layout: Layout, out_path: str | os.PathLike[str], *,
             w.close()
         f.attrs.update(attrs)
         f.attrs["encoding"] = encoding
+        f.attrs["content_sha256"] = digest.hexdigest()
         f.attrs["complete"] = True
 
 
@@ -328,12 +339,37 @@ def _check_mask_shape(mask: np.ndarray, width: int, height: int, slide_id: str, 
                          "slide", "rerun the tissue rule for this slide")
 
 
-def build_cache_from_table(slides_tsv: str | os.PathLike[str], slide_id: str, mask_path: str | os.PathLike[str],
-                           out_path: str | os.PathLike[str], **kwargs: Any) -> dict[str, int]:
-    """`build_cache` for the rule: the slide's path and resolved MPP come from the inspect table."""
-    table = pd.read_csv(slides_tsv, sep="\t", dtype={"slide": str})
-    row = table.loc[table["slide"] == slide_id]
-    if row.empty:
-        raise SlideError(slide_id, f"not listed in {slides_tsv}", "rerun the inspect checkpoint")
-    row = row.iloc[0]
-    return build_cache(row["path"], slide_id, mask_path, out_path, mpp=float(row["mpp"]), **kwargs)
+def write_failed_cache(out_path: str | os.PathLike[str], record: dict[str, str]) -> None:
+    """A cache file that records why the slide has none: root attrs `failed_stage`, `failed_reason`, `failed_fix`,
+    `complete=False`, no patches. slides.tsv leaves the slide out and excluded.tsv lists it with the reason."""
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"slide": record["slide"], "failed_stage": record["stage"], "failed_reason": record["reason"],
+                        "failed_fix": record["fix"], "version": msamil.__version__, "complete": False})
+
+
+def build_cache_from_decision(decision_json: str | os.PathLike[str], mask_path: str | os.PathLike[str],
+                              tissue_geojson: str | os.PathLike[str], out_path: str | os.PathLike[str],
+                              **kwargs: Any) -> dict[str, int] | None:
+    """The cache job: `build_cache` for a slide that passed inspection (path and MPP from its decision file).
+
+    A slide that fails here (a corrupt tile inside tissue, no tissue patches), or whose tissue job failed, gets a
+    failure record instead of a cache (`write_failed_cache`) and None is returned, so one bad slide never blocks
+    the others. Failures that are not the slide's (disk full, out of memory) still fail the job.
+    """
+    from msamil.slides.outcomes import failure_record, usable_decision
+    from msamil.tissue.detect import tissue_failure
+
+    row = usable_decision(decision_json, "cache")
+    slide_id = str(row["slide"])
+    record = tissue_failure(tissue_geojson)
+    if record is None:
+        try:
+            return build_cache(row["path"], slide_id, mask_path, out_path, mpp=float(row["mpp"]), **kwargs)
+        except Exception as exc:
+            record = failure_record(slide_id, "cache", exc)
+            if record is None:
+                raise
+            log.exception("slide %s: cache failed; the slide will be excluded", slide_id)
+    log.warning("slide %s: EXCLUDED at %s: %s (fix: %s)", slide_id, record["stage"], record["reason"], record["fix"])
+    write_failed_cache(out_path, record)
+    return None

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from msamil.cache.access import open_cache
 from msamil.config import SCALES
 from msamil.errors import SlideError
+from msamil.slides.outcomes import slide_caches
 from msamil.util.atomic import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,13 @@ def cache_slide_id(cache_path: str | Path) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def run_sffm(probmaps_h5: str | Path, cache_paths: list[str], out_h5: str | Path, summary_tsv: str | Path, *,
-             prob_threshold: float, lesion_min: float, fallback_k: int) -> pd.DataFrame:
-    """Rule entry point: selection.h5 (group per slide, subgroup per scale) and the per-fold summary table."""
+def run_sffm(probmaps_h5: str | Path, cache_paths: list[str] | str | Path, out_h5: str | Path,
+             summary_tsv: str | Path, *, prob_threshold: float, lesion_min: float, fallback_k: int) -> pd.DataFrame:
+    """Rule entry point: selection.h5 (group per slide, subgroup per scale) and the per-fold summary table.
+
+    `cache_paths` is a list of caches, or the dataset's slides.tsv manifest that lists them."""
+    if isinstance(cache_paths, (str, Path)):
+        cache_paths = list(slide_caches(cache_paths).values())
     rows = []
     with h5py.File(probmaps_h5, "r") as maps, atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as out:
         out.attrs.update({"prob_threshold": prob_threshold, "lesion_min": lesion_min, "fallback_k": fallback_k})

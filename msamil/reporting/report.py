@@ -246,7 +246,7 @@ class AggregatePlan:
         return {
             "caches": [f"{r}/{d}/cache/{s}.h5" for d, s in pairs],
             "masks": [f"{r}/{d}/tissue/{s}.png" for d, s in pairs],
-            "qc": sorted({f"{r}/{d}/qc" for d, _ in pairs}),
+            "qc": [f"{r}/{d}/qc/{s}.png" for d, s in pairs],
             "folds": sorted({f"{r}/{d}/splits/folds.tsv" for d, _ in pairs}),
         }
 

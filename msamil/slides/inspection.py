@@ -1,8 +1,9 @@
-"""The inspect checkpoint: decide, slide by slide, what the rest of the workflow may use (DESIGN.md sections 2, 10).
+"""Inspection: decide, slide by slide, what the rest of the workflow may use (DESIGN.md sections 2, 10).
 
-Each slide of the source table is opened, its pyramid and MPP checked, its pixels decoded once (truncated files
-open fine and fail later), its tissue detected, and a QC thumbnail drawn. Unusable slides go to excluded.tsv with a
-precise reason and a fix; one bad slide never stops the others, but a dataset with no usable slide is an error.
+Each row of the slide table is one inspect job: the slide is opened, its pyramid and MPP checked, its pixels
+decoded once (truncated files open fine and fail later), its tissue detected, and a QC thumbnail drawn. The job
+writes a decision file (msamil.slides.outcomes): the slides.tsv row, or the exclusion with a precise reason and a
+fix. One bad slide never stops the others; a dataset with no usable slide is an error at the gather.
 """
 
 from __future__ import annotations
@@ -18,20 +19,23 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from msamil.errors import MsamilError, SlideError
+from msamil.errors import SlideError
+from msamil.slides.outcomes import (
+    EXCLUDED_COLUMNS,
+    SLIDES_COLUMNS,
+    excluded_record,
+    summarise,
+    write_decision,
+)
 from msamil.slides.slide import Slide, SlideInfo
-from msamil.slides.slide_table import read_slide_table, slide_id_problem
+from msamil.slides.slide_table import slide_id_problem
+from msamil.slides.table import read_slide_table
 from msamil.tissue.detect import overlay, qc_mpp, tissue_mask, write_png
 from msamil.util.atomic import write_tsv
 
 log = logging.getLogger(__name__)
 
-SLIDES_COLUMNS = [
-    "slide", "patient", "label", "label_idx", "path", "annotation", "mpp", "mpp_source", "objective_power",
-    "magnification", "width", "height", "levels", "vendor", "tissue_fraction",
-]
-EXCLUDED_COLUMNS = ["slide", "path", "reason", "fix"]
-TABLE_COLUMNS = ["slide", "patient", "label", "path"]
+__all__ = ["EXCLUDED_COLUMNS", "SLIDES_COLUMNS", "decide", "inspect_dataset", "inspect_row", "inspect_slide"]
 DEFAULT_TISSUE = {"seg_mpp": 8.0}
 
 
@@ -44,25 +48,6 @@ class Decision:
     excluded: dict[str, str] | None = None
 
 
-def read_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The dataset's raw/table.tsv as strings (empty cells ''); ConfigError for missing columns or an id that
-    occurs twice (msamil.slides.slide_table: a duplicated id would silently pick one of two labels)."""
-    table = read_slide_table(table_path, required=TABLE_COLUMNS)
-    for col in ("annotation", "mpp"):
-        if col not in table.columns:
-            table[col] = ""
-    return table
-
-
-def resolve_path(path: str, table_path: str | os.PathLike[str]) -> Path:
-    """A slide path as given, or relative to the table's directory when that is where it exists."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    alt = Path(table_path).parent / p
-    return alt if alt.exists() else p
-
-
 def _parse_override(value: str, slide: str) -> float | None:
     if not str(value).strip():
         return None
@@ -73,7 +58,12 @@ def _parse_override(value: str, slide: str) -> float | None:
                          fix="put the slide's µm/px (e.g. 0.25) in the mpp column or leave it empty") from None
 
 
-def _check_label(label: str, classes: list[str], slide: str, dataset: str) -> int:
+def _check_label(label: str, classes: list[str] | None, slide: str, dataset: str) -> int:
+    """The label's class index; -1 for an unlabelled slide of a prediction table (`classes` None)."""
+    if classes is None:
+        return -1
+    if not label:
+        raise SlideError(slide, "no label", fix=f"give the row a label, one of dataset_config.{dataset}.classes")
     if label not in classes:
         raise SlideError(slide, f"label {label!r} is not one of the dataset's classes {classes}",
                          fix=f"correct the label in the slide table or add it to dataset_config.{dataset}.classes")
@@ -95,50 +85,67 @@ def _tissue_check(slide: Slide, tissue_cfg: Mapping[str, Any]) -> tuple[np.ndarr
     return mask, frac
 
 
-def _draw_qc(slide: Slide, mask: np.ndarray | None, qc_dir: Path, caption: str) -> None:
+def _draw_qc(slide: Slide, mask: np.ndarray | None, qc_path: Path, caption: str) -> None:
     info = slide.info
     thumb = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
     if mask is None:
         mask = np.zeros(thumb.shape[:2], dtype=bool)
-    write_png(qc_dir / f"{info.slide}.png", overlay(thumb, mask, caption))
+    write_png(qc_path, overlay(thumb, mask, caption))
+
+
+def _placeholder_qc(qc_path: Path, caption: str) -> None:
+    """A QC image for a slide that could not be drawn, so every row has one and the caption says why."""
+    write_png(qc_path, overlay(np.full((120, 960, 3), 235, np.uint8), np.ones((120, 960), bool), caption[:110]))
 
 
 def inspect_slide(
     rec: Mapping[str, str],
-    table_path: str | os.PathLike[str],
-    classes: list[str],
+    classes: list[str] | None,
     dataset: str,
     default_mpp: float | None,
     tissue_cfg: Mapping[str, Any],
-    qc_dir: Path,
+    qc_path: str | os.PathLike[str],
 ) -> dict[str, Any]:
-    """One usable slide's slides.tsv row; SlideError (with reason and fix) for anything that makes it unusable."""
+    """One usable slide's slides.tsv row; SlideError (with reason and fix) for anything that makes it unusable.
+
+    `rec` is the slide-table row with its paths already resolved (msamil.slides.table); `classes` None means an
+    unlabelled prediction table. The QC thumbnail is drawn whenever the slide can be read.
+    """
     slide_id = rec["slide"]
-    label_idx = _check_label(rec["label"], classes, slide_id, dataset)
+    if rec.get("exclude", ""):
+        raise SlideError(slide_id, f"excluded by the slide table: {rec['exclude']}",
+                         fix="clear the row's exclude column to use the slide")
+    label_idx = _check_label(rec.get("label", ""), classes, slide_id, dataset)
     override = _parse_override(rec.get("mpp", ""), slide_id)
-    path = resolve_path(rec["path"], table_path)
+    path = Path(rec["path"])
+    if not rec["path"]:
+        raise SlideError(slide_id, "no file given (empty path)", fix="put the slide file's path in the path column")
+    annotation = rec.get("annotation", "")
+    if annotation and not Path(annotation).is_file():
+        raise SlideError(slide_id, f"annotation file not found: {annotation}",
+                         fix="correct the annotation column (a QuPath GeoJSON) or leave it empty")
     with Slide.open(path, slide_id, override_mpp=override, default_mpp=default_mpp) as slide:
         slide.verify()
         info: SlideInfo = slide.info
-        caption = f"{slide_id} {rec['label']} {info.mpp:g}um/px ({info.mpp_source}) {info.magnification:g}x"
+        caption = f"{slide_id} {rec.get('label', '')} {info.mpp:g}um/px ({info.mpp_source}) {info.magnification:g}x"
         try:
             mask, frac = _tissue_check(slide, tissue_cfg)
         except SlideError:
-            _draw_qc(slide, None, qc_dir, caption + " NO TISSUE")
+            _draw_qc(slide, None, Path(qc_path), caption + " NO TISSUE")
             raise
         slide.verify_tiles(mask, float(tissue_cfg.get("seg_mpp", DEFAULT_TISSUE["seg_mpp"])))
-        _draw_qc(slide, mask, qc_dir, caption + f" tissue {100 * frac:.0f}%")
+        _draw_qc(slide, mask, Path(qc_path), caption + f" tissue {100 * frac:.0f}%")
     if info.levels == 1 and max(info.width, info.height) > 20000:
         log.warning("slide %s: a single-level %dx%d slide (no pyramid): reads at 5x will be slow", slide_id,
                     info.width, info.height)
-    row = {"slide": slide_id, "patient": rec["patient"] or slide_id, "label": rec["label"], "label_idx": label_idx,
-           "path": str(path), "annotation": rec.get("annotation", "")}
+    row = {"slide": slide_id, "patient": rec.get("patient", "") or slide_id, "label": rec.get("label", ""),
+           "label_idx": label_idx, "path": str(path), "annotation": annotation}
     row.update(info.row())
     row["tissue_fraction"] = frac
     return row
 
 
-def _decide(rec: Mapping[str, str], **kwargs: Any) -> Decision:
+def decide(rec: Mapping[str, str], **kwargs: Any) -> Decision:
     """Turn every failure of one slide, expected or not, into an exclusion so the others still run."""
     slide_id = rec["slide"]
     try:
@@ -148,13 +155,12 @@ def _decide(rec: Mapping[str, str], **kwargs: Any) -> Decision:
                              fix="rename the slide in the slide table (letters, digits, '_', '-', '.')")
         return Decision(slide_id, row=inspect_slide(rec, **kwargs))
     except SlideError as err:
-        return Decision(slide_id, excluded={"slide": slide_id, "path": rec["path"], "reason": err.reason,
-                                            "fix": err.fix})
+        return Decision(slide_id, excluded=excluded_record(slide_id, rec["path"], "inspect", err.reason, err.fix))
     except Exception as exc:  # a library failure on one odd file must not stop the dataset
         log.exception("slide %s: unexpected error", slide_id)
-        return Decision(slide_id, excluded={"slide": slide_id, "path": rec["path"],
-                                            "reason": f"unexpected error: {type(exc).__name__}: {exc}",
-                                            "fix": "see the inspect log for the traceback; report it if the file is fine"})
+        return Decision(slide_id, excluded=excluded_record(
+            slide_id, rec["path"], "inspect", f"unexpected error: {type(exc).__name__}: {exc}",
+            "see the inspect log for the traceback; report it if the file is fine"))
 
 
 def _log_decision(d: Decision) -> None:
@@ -167,6 +173,28 @@ def _log_decision(d: Decision) -> None:
         log.warning("%s: EXCLUDED  %s (fix: %s)", d.slide, d.excluded["reason"], d.excluded["fix"])
 
 
+def inspect_row(
+    rec: Mapping[str, str],
+    decision_out: str | os.PathLike[str],
+    qc_out: str | os.PathLike[str],
+    *,
+    dataset: str,
+    classes: list[str] | None,
+    default_mpp: float | None = None,
+    tissue_cfg: Mapping[str, Any] | None = None,
+) -> Decision:
+    """The per-slide inspect job: decide on one slide-table row, write its decision file and its QC image."""
+    rec = {k: str(v) for k, v in rec.items()}
+    qc = Path(qc_out)
+    decision = decide(rec, classes=None if classes is None else list(classes), dataset=dataset,
+                      default_mpp=default_mpp, tissue_cfg=dict(tissue_cfg or DEFAULT_TISSUE), qc_path=qc)
+    _log_decision(decision)
+    if decision.excluded is not None and not qc.exists():
+        _placeholder_qc(qc, f"{decision.slide}: EXCLUDED {decision.excluded['reason']}")
+    write_decision(decision_out, rec, row=decision.row, excluded=decision.excluded)
+    return decision
+
+
 def inspect_dataset(
     table_path: str | os.PathLike[str],
     dataset_cfg: Mapping[str, Any],
@@ -177,42 +205,23 @@ def inspect_dataset(
     dataset: str = "dataset",
     tissue_cfg: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Inspect every slide of `table_path`; write slides.tsv, excluded.tsv and qc/{slide}.png.
+    """Inspect every row of the slide table at `table_path` in one process (what the workflow's per-slide jobs and
+    gather do, for scripts and tests): write slides.tsv, excluded.tsv and qc/{slide}.png.
 
-    `dataset_cfg` is `config["dataset_config"][dataset]` (its `classes` fix label_idx, `default_mpp` is the last
-    MPP fallback). Raises MsamilError, after writing both tables, when no slide is usable.
+    Raises MsamilError, after writing both tables, when no slide is usable.
     """
-    table = read_table(table_path)
-    classes = list(dataset_cfg["classes"])
+    table = read_slide_table(table_path)
     qc = Path(qc_dir)
-    qc.mkdir(parents=True, exist_ok=True)
-    kwargs = {"table_path": table_path, "classes": classes, "dataset": dataset,
-              "default_mpp": dataset_cfg.get("default_mpp"), "tissue_cfg": dict(tissue_cfg or DEFAULT_TISSUE),
-              "qc_dir": qc}
+    kwargs = {"classes": list(dataset_cfg["classes"]), "dataset": dataset,
+              "default_mpp": dataset_cfg.get("default_mpp"), "tissue_cfg": dict(tissue_cfg or DEFAULT_TISSUE)}
     decisions = []
     for rec in tqdm(table.to_dict("records"), desc=f"inspect {dataset}", unit="slide"):
-        decision = _decide(rec, **kwargs)
+        decision = decide(rec, qc_path=qc / f"{rec['slide']}.png", **kwargs)
         _log_decision(decision)
         decisions.append(decision)
     slides = pd.DataFrame([d.row for d in decisions if d.row is not None], columns=SLIDES_COLUMNS)
     excluded = pd.DataFrame([d.excluded for d in decisions if d.excluded is not None], columns=EXCLUDED_COLUMNS)
     write_tsv(out_slides, slides)
     write_tsv(out_excluded, excluded)
-    _summarise(dataset, slides, excluded, out_excluded)
+    summarise(dataset, "inspect", slides, excluded, out_excluded)
     return slides, excluded
-
-
-def _summarise(dataset: str, slides: pd.DataFrame, excluded: pd.DataFrame, out_excluded: Any) -> None:
-    """One summary line (WARNING when anything was excluded); no usable slide at all is fatal."""
-    total = len(slides) + len(excluded)
-    if excluded.empty:
-        log.info("dataset %s: %d/%d slides usable", dataset, len(slides), total)
-        return
-    reasons = "; ".join(f"{s}: {r}" for s, r in zip(excluded["slide"], excluded["reason"], strict=True))
-    if slides.empty:
-        raise MsamilError(
-            f"dataset {dataset}: no usable slide, all {total} excluded (see {out_excluded} and the inspect log): "
-            f"{reasons[:2000]}"
-        )
-    log.warning("dataset %s: %d/%d slides usable, %d EXCLUDED (see %s): %s", dataset, len(slides), total,
-                len(excluded), out_excluded, reasons[:2000])

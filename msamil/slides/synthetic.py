@@ -130,10 +130,10 @@ def write_table(
     out_path: str | os.PathLike[str], cfg_synthetic: dict[str, Any], seed: int, slide_pattern: str,
     annotation_pattern: str,
 ) -> pd.DataFrame:
-    """The dataset's raw table (slide, patient, label, path, annotation, mpp) for the inspect checkpoint.
+    """The dataset's slide table (slide, patient, label, path, annotation, mpp; msamil.slides.table).
 
-    Paths are formatted from `slide_pattern`/`annotation_pattern` (`{slide}` placeholder) and stay relative to
-    the workflow's working directory; mpp is empty because the slides carry their own.
+    Paths are formatted from `slide_pattern`/`annotation_pattern` (`{slide}` placeholder); relative ones are
+    relative to the table's folder, as in any slide table. mpp is empty because the slides carry their own.
     """
     table = synthetic_table(cfg_synthetic, seed)
     table["path"] = [slide_pattern.format(slide=s) for s in table["slide"]]

@@ -17,7 +17,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from msamil.slides.slide import Slide, scaled_size
 from msamil.util.atomic import atomic_path, write_text
@@ -237,22 +236,42 @@ def run_tissue(
     return mask
 
 
-def run_tissue_from_table(
-    slides_tsv: str | os.PathLike[str],
-    slide_id: str,
+def run_tissue_from_decision(
+    decision_json: str | os.PathLike[str],
     out_mask_png: str | os.PathLike[str],
     out_geojson: str | os.PathLike[str],
     out_qc_png: str | os.PathLike[str],
     tissue_cfg: dict[str, Any],
-) -> np.ndarray:
-    """run_tissue for a slide listed in the inspect checkpoint's slides.tsv (path and MPP come from there)."""
-    table = pd.read_csv(slides_tsv, sep="\t", dtype={"slide": str})
-    row = table.loc[table["slide"] == slide_id]
-    if row.empty:
-        raise KeyError(f"slide {slide_id!r} is not in {slides_tsv} (excluded at inspection?)")
-    rec = row.iloc[0]
-    return run_tissue(Path(rec["path"]), slide_id, float(rec["mpp"]), out_mask_png, out_geojson, out_qc_png,
-                      tissue_cfg)
+) -> np.ndarray | None:
+    """The tissue job: run_tissue for a slide that passed inspection (path and MPP from its decision file).
+
+    A slide that fails here is excluded, not fatal: an empty mask, a GeoJSON carrying the failure
+    (`msamil_failure`: stage, reason, fix, which the cache job passes on) and a QC image saying why are written,
+    and None is returned. Failures that are not the slide's (disk full, out of memory) still fail the job.
+    """
+    from msamil.slides.outcomes import failure_record, usable_decision
+
+    row = usable_decision(decision_json, "tissue mask")
+    slide_id = str(row["slide"])
+    try:
+        return run_tissue(Path(row["path"]), slide_id, float(row["mpp"]), out_mask_png, out_geojson, out_qc_png,
+                          tissue_cfg)
+    except Exception as exc:
+        record = failure_record(slide_id, "tissue", exc)
+        if record is None:
+            raise
+        log.exception("slide %s: tissue failed; the slide will be excluded", slide_id)
+    w, h = scaled_size(int(row["width"]), int(row["height"]), float(row["mpp"]), float(tissue_cfg.get("seg_mpp", 8.0)))
+    write_png(out_mask_png, np.zeros((h, w), np.uint8))
+    write_text(out_geojson, json.dumps({"type": "FeatureCollection", "features": [], "msamil_failure": record}) + "\n")
+    caption = f"{slide_id}: tissue FAILED {record['reason']}"[:110]
+    write_png(out_qc_png, overlay(np.full((120, 960, 3), 235, np.uint8), np.ones((120, 960), bool), caption))
+    return None
+
+
+def tissue_failure(geojson_path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The failure record the tissue job left in its GeoJSON, or None when it succeeded."""
+    return json.loads(Path(geojson_path).read_text()).get("msamil_failure")
 
 
 def tissue_fraction(mask: np.ndarray) -> float:
@@ -264,7 +283,8 @@ __all__ = [
     "overlay",
     "qc_mpp",
     "run_tissue",
-    "run_tissue_from_table",
+    "run_tissue_from_decision",
+    "tissue_failure",
     "saturation_threshold",
     "tissue_fraction",
     "tissue_mask",

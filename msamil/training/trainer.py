@@ -41,6 +41,7 @@ from msamil.config import method_settings
 from msamil.errors import ConfigError, MsamilError, SlideError
 from msamil.models import build_model
 from msamil.models.backbone import select_device
+from msamil.slides.outcomes import slide_caches
 from msamil.splits.folds import FoldSplit, load_fold
 from msamil.training import checkpoint as ckpt
 from msamil.training.data import SlideData, class_interleaved_order
@@ -397,13 +398,14 @@ class Trainer:
 
 
 def run_training(config: dict[str, Any], dataset: str, method: str, fold: int, *, slides_tsv: str | Path,
-                 folds_tsv: str | Path, caches: Sequence[str | Path], selection: str | Path | None,
-                 out_dir: str | Path, device: str | torch.device | None = None, threads: int | None = None,
+                 folds_tsv: str | Path, selection: str | Path | None, out_dir: str | Path,
+                 caches: Sequence[str | Path] | None = None, device: str | torch.device | None = None, threads: int | None = None,
                  reader_factory: Callable[..., Any] | None = None, stop_after_epoch: int | None = None,
                  progress: bool = True, resources: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Train one MsaMIL-Net run (resuming from last.pt when present) and write its outputs under `out_dir`.
 
-    `selection` is the fold's SFFM selection.h5 (ignored when the method has `sffm: false`). `reader_factory`
+    `selection` is the fold's SFFM selection.h5 (ignored when the method has `sffm: false`). `caches` default to
+    those listed in `slides_tsv` (the workflow's slides.tsv manifest). `reader_factory`
     replaces `msamil.cache.bags.BagReader` (tests). `stop_after_epoch` stops as a kill would, after that epoch's
     checkpoint and before inference (returns None). Otherwise returns the test metrics. `resources` are the
     rule's (a job holding a GPU fails at once when it sees none, msamil.util.device).
@@ -416,6 +418,8 @@ def run_training(config: dict[str, Any], dataset: str, method: str, fold: int, *
     dev = torch.device(device) if device is not None else select_device(config.get("device", "auto"), resources)
     classes = list(config["dataset_config"][dataset]["classes"])
     split = load_fold(slides_tsv, folds_tsv, int(fold), classes)
+    if caches is None:
+        caches = list(slide_caches(slides_tsv).values())
     data = SlideData(caches, selection if settings["sffm"] else None, settings["scales"], reader_factory)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ with log_to(snakemake.log[0]):
         fold=int(snakemake.wildcards.fold),
         slides_tsv=snakemake.input.slides,
         folds_tsv=snakemake.input.folds,
-        cache_paths=list(snakemake.input.caches),
         feature_paths=list(features) if features is not None else None,
         run_dir=snakemake.params.run_dir,
         threads=snakemake.threads,

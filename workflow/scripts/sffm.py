@@ -6,7 +6,7 @@ from msamil.util.runlog import log_to
 with log_to(snakemake.log[0]):
     run_sffm(
         snakemake.input.probmaps,
-        list(snakemake.input.caches),
+        snakemake.input.slides,
         snakemake.output.selection,
         snakemake.output.summary,
         prob_threshold=float(snakemake.params.prob_threshold),

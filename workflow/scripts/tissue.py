@@ -1,12 +1,11 @@
-"""Adapter for the `tissue` rule: msamil.tissue.detect.run_tissue_from_table for one slide of slides.tsv."""
+"""Adapter for the `tissue` rule: msamil.tissue.detect.run_tissue_from_decision for one inspected slide."""
 
-from msamil.tissue.detect import run_tissue_from_table
+from msamil.tissue.detect import run_tissue_from_decision
 from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
-    run_tissue_from_table(
-        snakemake.input.slides,
-        snakemake.wildcards.slide,
+    run_tissue_from_decision(
+        snakemake.input.decision,
         snakemake.output.mask,
         snakemake.output.geojson,
         snakemake.output.qc,

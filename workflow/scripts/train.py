@@ -12,7 +12,6 @@ with log_to(snakemake.log[0]):
         int(snakemake.wildcards.fold),
         slides_tsv=snakemake.input.slides,
         folds_tsv=snakemake.input.folds,
-        caches=list(snakemake.input.caches),
         selection=selection if selection else None,
         out_dir=snakemake.params.run_dir,
         threads=snakemake.threads,
