@@ -19,6 +19,7 @@ from msamil.datasets import annotation_formats as ann
 from msamil.datasets.convert import convert_to_tiff
 from msamil.datasets.registry import DATASETS, build_tables, scan, write_dataset_tables
 from msamil.errors import ConfigError
+from msamil.slides.table import read_slide_table
 
 REPO = Path(__file__).resolve().parents[1]
 DP_POS = "2018_64982_1-3_2019-02-25 21_57_36-lv0-33516-59515-2003-2010"
@@ -233,7 +234,9 @@ def test_ubc_layout_tma_mpp_and_masks(fake_roots) -> None:
     assert (table.set_index("slide")["annotation"] != "").to_dict() == {
         "4": True, "66": False, "91": False, "281": False, "286": False}
     no_tma, _ = build_tables("ubc_ocean", fake_roots["UBC-OCEAN"], _cfg("ubc_ocean", options={"include_tma": False}))
-    assert sorted(no_tma["slide"]) == ["281", "4", "66"]
+    assert sorted(no_tma[no_tma["exclude"] == ""]["slide"]) == ["281", "4", "66"]
+    left_out = no_tma.set_index("slide").loc[["286", "91"], "exclude"]  # listed, with the reason, not dropped
+    assert left_out.str.contains("include_tma: false").all()
 
 
 def test_camelyon_layout_uses_native_tiffs(fake_roots) -> None:
@@ -269,8 +272,39 @@ def test_write_dataset_tables_from_manifest(fake_roots, tmp_path: Path) -> None:
     write_dataset_tables("ubc_ocean", str(manifest), _cfg("ubc_ocean"), str(tmp_path / "t.tsv"),
                          str(tmp_path / "s.tsv"))
     table = pd.read_csv(tmp_path / "t.tsv", sep="\t", dtype=str)
-    assert list(table.columns) == ["slide", "patient", "label", "path", "annotation", "mpp"]
+    assert list(table.columns) == ["slide", "patient", "label", "path", "annotation", "mpp", "exclude"]
     assert len(pd.read_csv(tmp_path / "s.tsv", sep="\t")) == 5
+    # the same table format as a user's cohort: read back, the paths are where build_tables put them
+    assert sorted(read_slide_table(tmp_path / "t.tsv")["path"]) == sorted(
+        build_tables("ubc_ocean", fake_roots["UBC-OCEAN"], _cfg("ubc_ocean"), str(tmp_path.parents[1]))[0]["path"])
+
+
+def test_no_scanned_file_is_dropped_silently(tmp_path: Path) -> None:
+    """Camelyon16: a file with an unusual name, a test slide missing from reference.csv: listed and excluded with
+    the reason; a slide_table row labels one of them, and adds a slide the scanner cannot know."""
+    roots = make_fake_datasets(tmp_path / "data")
+    images = roots["CAMELYON16"] / "images"
+    (images / "patient_7_node_2.tif").write_bytes((images / "normal_001.tif").read_bytes())
+    (images / "test_003.tif").write_bytes((images / "normal_001.tif").read_bytes())
+    (images / "testicle_1.tif").write_bytes((images / "normal_001.tif").read_bytes())
+    table, _ = build_tables("camelyon16", roots["CAMELYON16"], _cfg("camelyon16"))
+    rows = table.set_index("slide")
+    assert len(rows) == 7
+    assert "its name is not normal_NNN" in rows.loc["patient_7_node_2", "exclude"]
+    assert "its name is not normal_NNN" in rows.loc["testicle_1", "exclude"]  # not taken for a test slide
+    assert "no row in reference.csv" in rows.loc["test_003", "exclude"]
+    assert (rows.loc[["normal_001", "tumor_001", "test_001", "test_002"], "exclude"] == "").all()
+
+    extra = tmp_path / "extra.tif"
+    extra.write_bytes((images / "normal_001.tif").read_bytes())
+    over = tmp_path / "over.csv"
+    pd.DataFrame({"slide": ["patient_7_node_2", "mine", "ghost"], "label": ["tumor", "normal", "normal"],
+                  "path": ["", "extra.tif", ""]}).to_csv(over, index=False)
+    table, _ = build_tables("camelyon16", roots["CAMELYON16"], _cfg("camelyon16", slide_table=str(over)))
+    rows = table.set_index("slide")
+    assert rows.loc["patient_7_node_2", "label"] == "tumor" and rows.loc["patient_7_node_2", "exclude"] == ""
+    assert rows.loc["mine", "path"] == str(extra) and rows.loc["mine", "exclude"] == ""
+    assert "found no such slide" in rows.loc["ghost", "exclude"]
 
 
 # ------------------------------------------------------------------------------------------------ preset
@@ -312,8 +346,8 @@ def _write_preset_config(tmp_path: Path, roots: dict[str, Path]) -> Path:
 def test_paper_preset_dry_run_over_fake_local_copies(tmp_path: Path) -> None:
     """Fetch + list + convert + inspect for real on tiny copies, then a dry run must plan every rule.
 
-    Checkpoints (dataset_table, inspect) hide what follows them until they have run, so the first step runs
-    the workflow up to the inspect checkpoint; the dry run then has to reach the final tables.
+    Checkpoints (dataset_table, inspect, slides) hide what follows them until they have run, so the first step
+    runs the workflow up to each dataset's slides.tsv; the dry run then has to reach the final tables.
     """
     roots = make_fake_datasets(tmp_path / "data", size=(2048, 1536))
     cfg = _write_preset_config(tmp_path, roots)
@@ -331,8 +365,8 @@ def test_paper_preset_dry_run_over_fake_local_copies(tmp_path: Path) -> None:
     planned = set(dry.stdout.split()) | set(dry.stderr.split())
     listed = subprocess.run(base + ["--list-rules"], capture_output=True, text=True, timeout=300)
     all_rules = set(listed.stdout.split())
-    upstream = {"download_source", "dataset_table", "convert_slide", "convert_annotation", "inspect",
-                "generate_synthetic", "synthetic_table"}
+    upstream = {"download_source", "dataset_table", "convert_slide", "convert_annotation", "inspect_slide",
+                "inspect", "tissue", "cache", "slides", "generate_synthetic", "synthetic_table"}
     missing = sorted(r for r in all_rules - upstream if r not in planned and not r.startswith("synthetic"))
     assert not missing, f"rules not planned by the dry run: {missing}\n{dry.stdout[-3000:]}"
 

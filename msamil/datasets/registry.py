@@ -1,9 +1,11 @@
 """Dataset definitions: each public dataset's file layout, label table, patient grouping, MPP and annotations.
 
 A definition turns a directory holding the dataset as its publisher ships it into `SourceRecord`s, one per slide.
-`build_tables` then writes the CONTRACT's source table (`raw/table.tsv`: slide, patient, label, path, annotation,
-mpp) plus `raw/sources.tsv`, which tells the per-slide conversion jobs which original file each slide comes from.
-Slide ids are only known once the files are there, which is why the workflow builds these tables in a checkpoint.
+`build_tables` then writes the slide table every dataset shares (`raw/table.tsv`, msamil.slides.table: slide,
+patient, label, path, annotation, mpp, exclude) plus `raw/sources.tsv`, which tells the per-slide conversion jobs
+which original file each slide comes from. Slide ids are only known once the files are there, which is why the
+workflow builds these tables in a checkpoint. No file a scanner finds is dropped: one it cannot label (or that an
+option leaves out) is listed with an `exclude` reason, so it reaches excluded.tsv like any other unusable slide.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 #: Plain images that must become pyramidal TIFF before OpenSlide can read them.
 CONVERTIBLE = frozenset({".jpg", ".jpeg", ".png"})
 EMPTY = "empty"  # annotation kind of a slide known to hold no lesion
-TABLE_COLUMNS = ["slide", "patient", "label", "path", "annotation", "mpp"]
+TABLE_COLUMNS = ["slide", "patient", "label", "path", "annotation", "mpp", "exclude"]
 SOURCE_COLUMNS = ["slide", "source", "annotation_source", "annotation_kind", "mpp", "is_tma", "convert"]
 
 
@@ -43,6 +45,7 @@ class SourceRecord:
     annotation_kind: str = ""
     mpp: float | None = None
     is_tma: bool = False
+    exclude: str = ""  # why the slide is listed but not used (no label, left out by an option); empty = use it
 
 
 Scanner = Callable[[Path, dict[str, Any]], list[SourceRecord]]
@@ -140,14 +143,14 @@ def _scan_bcnb(root: Path, opts: dict[str, Any]) -> list[SourceRecord]:
     status = {str(r[id_col]).strip(): str(r[label_col]) for _, r in clinical.iterrows() if pd.notna(r[label_col])}
     records = []
     for img in _require(_glob(root, opts["image_glob"]), "WSIs", root, opts["image_glob"]):
-        if img.stem not in status:
-            log.warning("bcnb: %s has no ALN status in %s; skipped", img.name, tables[0])
-            continue
         ann = img.with_suffix(".json")
+        known = img.stem in status
         records.append(SourceRecord(
-            slide=safe_id(img.stem), patient=safe_id(img.stem), label=_aln_label(status[img.stem], opts["aln_grouping"]),
+            slide=safe_id(img.stem), patient=safe_id(img.stem),
+            label=_aln_label(status[img.stem], opts["aln_grouping"]) if known else "",
             source=str(img), annotation_source=str(ann) if ann.exists() else "",
             annotation_kind="bcnb_json" if ann.exists() else "",
+            exclude="" if known else f"no ALN status for {img.stem} in {tables[0].name}",
         ))
     return records
 
@@ -167,17 +170,17 @@ def _scan_ubc(root: Path, opts: dict[str, Any]) -> list[SourceRecord]:
     for _, row in labels.iterrows():
         image_id = str(row["image_id"]).strip()
         is_tma = _truthy(row.get("is_tma", False))
+        exclude = ""
         if image_id not in images:
-            log.warning("ubc_ocean: image %s listed in %s is missing; skipped", image_id, tables[0])
-            continue
-        if is_tma and not opts["include_tma"]:
-            continue
+            exclude = f"listed in {tables[0].name} but its image is missing (image_glob {opts['image_glob']!r})"
+        elif is_tma and not opts["include_tma"]:
+            exclude = "a TMA, left out by dataset_config.ubc_ocean.options.include_tma: false"
         mask = masks.get(image_id)
         records.append(SourceRecord(
             slide=safe_id(image_id), patient=safe_id(image_id), label=str(row["label"]).strip(),
-            source=str(images[image_id]), annotation_source=str(mask) if mask else "",
+            source=str(images[image_id]) if image_id in images else "", annotation_source=str(mask) if mask else "",
             annotation_kind="ubc_mask" if mask else "",
-            mpp=float(opts["tma_mpp"] if is_tma else opts["wsi_mpp"]), is_tma=is_tma,
+            mpp=float(opts["tma_mpp"] if is_tma else opts["wsi_mpp"]), is_tma=is_tma, exclude=exclude,
         ))
     return records
 
@@ -194,30 +197,34 @@ def _camelyon_reference(path: Path) -> dict[str, str]:
 
 
 def _scan_camelyon16(root: Path, opts: dict[str, Any]) -> list[SourceRecord]:
-    """`images/{normal,tumor,test}_NNN.tif` (pyramidal, MPP in the file), ASAP XML tumour polygons."""
+    """`images/{normal,tumor,test}_NNN.tif` (pyramidal, MPP in the file), ASAP XML tumour polygons.
+
+    The label comes from the name (normal_*, tumor_*) or, for test_*, from reference.csv. Any other file is
+    listed without a label, and a test slide without a reference row likewise: give them a label in
+    dataset_config.camelyon16.slide_table, or they are excluded with that reason."""
     xmls = {p.stem.lower(): p for p in _glob(root, opts["annotation_glob"])}
     refs = _glob(root, opts["reference"])
     reference = _camelyon_reference(refs[0]) if refs else {}
     records = []
     for img in _require(_glob(root, opts["image_glob"]), "slides", root, opts["image_glob"]):
         stem = img.stem.lower()
-        if stem.startswith("normal"):
+        label, exclude = "", ""
+        if re.match(r"^normal_\d+$", stem):
             label = "normal"
-        elif stem.startswith("tumor"):
+        elif re.match(r"^tumor_\d+$", stem):
             label = "tumor"
-        elif stem.startswith("test"):
+        elif re.match(r"^test_\d+$", stem):
+            label = reference.get(stem, "")
             if not opts["include_test"]:
-                continue
-            if stem not in reference:
-                log.warning("camelyon16: %s has no row in reference.csv; skipped", img.name)
-                continue
-            label = reference[stem]
+                exclude = "a test slide, left out by dataset_config.camelyon16.options.include_test: false"
+            elif not label:
+                exclude = "a test slide with no row in reference.csv, so its label is unknown"
         else:
-            continue
+            exclude = "its name is not normal_NNN, tumor_NNN or test_NNN, so its label is unknown"
         xml = xmls.get(stem)
         records.append(SourceRecord(
             slide=safe_id(img.stem), patient=safe_id(img.stem), label=label, source=str(img),
-            annotation_source=str(xml) if xml else "", annotation_kind="asap_xml" if xml else "",
+            annotation_source=str(xml) if xml else "", annotation_kind="asap_xml" if xml else "", exclude=exclude,
         ))
     return records
 
@@ -280,14 +287,44 @@ def resolve_options(defn: DatasetDef, options: dict[str, Any] | None) -> dict[st
     return {**defn.options, **options}
 
 
-def _apply_slide_table(records: list[SourceRecord], path: str | None, dataset: str) -> list[SourceRecord]:
-    """Per-slide overrides (slide, patient, label[, mpp]) from the user's TSV, e.g. true patient ids."""
-    if not path:
-        return records
+def _read_overrides(path: str, dataset: str) -> pd.DataFrame:
+    from msamil.slides.table import resolve
+
     if not Path(path).exists():
         raise ConfigError(f"dataset_config.{dataset}.slide_table: {path} does not exist")
     table = read_slide_table(path)  # a duplicated id is an error listing them, never "the last row wins"
-    overrides = {str(r["slide"]): r for _, r in table.iterrows()}
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    folder = str(Path(path).parent)
+    for col in ("path", "annotation"):
+        if col in table.columns:
+            table[col] = [resolve(v, folder) for v in table[col]]
+    return table
+
+
+def _added_record(row: pd.Series, dataset: str, root: Path | None) -> SourceRecord:
+    """A slide_table row that names no slide the scanner found: a slide of its own if it gives a file."""
+    slide = str(row["slide"]).strip()
+    source = str(row.get("path", "")).strip()
+    annotation = str(row.get("annotation", "")).strip()
+    return SourceRecord(
+        slide=slide, patient=str(row.get("patient", "")).strip() or slide, label=str(row.get("label", "")).strip(),
+        source=source, annotation_source=annotation, annotation_kind="geojson" if annotation else "",
+        mpp=float(row["mpp"]) if str(row.get("mpp", "")).strip() else None,
+        exclude="" if source else f"listed in dataset_config.{dataset}.slide_table, but the {dataset} scanner "
+                                  f"found no such slide under {root or 'its folder'} and the row gives no path",
+    )
+
+
+def _apply_slide_table(records: list[SourceRecord], path: str | None, dataset: str,
+                       root: Path | None = None) -> list[SourceRecord]:
+    """The user's slide_table on top of the scan: per-slide overrides (patient, label, mpp), and added slides.
+
+    A row whose slide the scanner did not find is added (with its `path`), or listed as excluded with the reason,
+    so no row of the user's table is silently ignored. A label given here also rescues a scanned file that had
+    none (a Camelyon16 file with an unusual name)."""
+    if not path:
+        return records
+    overrides = {str(r["slide"]).strip(): r for _, r in _read_overrides(path, dataset).iterrows()}
     out = []
     for rec in records:
         row = overrides.pop(rec.slide, None)
@@ -295,22 +332,25 @@ def _apply_slide_table(records: list[SourceRecord], path: str | None, dataset: s
             changes: dict[str, Any] = {k: row[k] for k in ("patient", "label") if k in row and row[k]}
             if "mpp" in row and row["mpp"]:
                 changes["mpp"] = float(row["mpp"])
+            if changes.get("label") and not rec.label and "left out by" not in rec.exclude:
+                changes["exclude"] = ""
             rec = SourceRecord(**{**asdict(rec), **changes})
         out.append(rec)
-    if overrides:
-        log.warning("%s: slide_table rows match no slide: %s", dataset, sorted(overrides)[:10])
-    return out
+    return out + [_added_record(row, dataset, root) for row in overrides.values()]
 
 
 def scan(dataset: str, root: str | Path, ds_cfg: dict[str, Any]) -> list[SourceRecord]:
     """All slides of a dataset found under `root`, after options, slide-table overrides and class checks."""
     defn = get_dataset(dataset)
     opts = resolve_options(defn, ds_cfg.get("options"))
-    records = _apply_slide_table(defn.scan(Path(root), opts), ds_cfg.get("slide_table"), dataset)
+    records = _apply_slide_table(defn.scan(Path(root), opts), ds_cfg.get("slide_table"), dataset, Path(root))
     records = [SourceRecord(**{**asdict(r), "annotation_kind": EMPTY})
                if r.label in defn.lesion_free and not r.annotation_source else r for r in records]
+    for rec in records:
+        if rec.exclude:
+            log.warning("%s: %s is listed but excluded: %s", dataset, rec.slide, rec.exclude)
     classes = list(ds_cfg.get("classes") or defn.classes)
-    found = sorted({r.label for r in records})
+    found = sorted({r.label for r in records if r.label and not r.exclude})
     stray = [lab for lab in found if lab not in classes]
     if stray:
         raise ConfigError(f"{dataset}: labels {stray} are not in dataset_config.{dataset}.classes {classes}; "
@@ -319,20 +359,22 @@ def scan(dataset: str, root: str | Path, ds_cfg: dict[str, Any]) -> list[SourceR
     dupes = sorted({s for s in ids if ids.count(s) > 1})
     if dupes:
         raise ConfigError(f"{dataset}: slide ids {dupes[:5]} occur twice; remove the duplicate files")
-    if not records:
+    if not [r for r in records if not r.exclude]:
         raise ConfigError(f"{dataset}: no usable slide under {root}")
     return records
 
 
 def slide_path(results: str, dataset: str, rec: SourceRecord) -> str:
     """Where the workflow reads a slide: the converted TIFF for plain images, the original file otherwise."""
-    if Path(rec.source).suffix.lower() in CONVERTIBLE:
+    if rec.source and Path(rec.source).suffix.lower() in CONVERTIBLE:
         return f"{results}/{dataset}/raw/slides/{rec.slide}.tiff"
     return rec.source
 
 
 def annotation_path(results: str, dataset: str, rec: SourceRecord) -> str:
     """The GeoJSON the workflow writes for a slide; empty when nothing is known about its lesions."""
+    if rec.annotation_kind == "geojson":  # the user's own QuPath GeoJSON (slide_table): used as it is
+        return rec.annotation_source
     known = rec.annotation_source or rec.annotation_kind == EMPTY
     return f"{results}/{dataset}/raw/lesions/{rec.slide}.geojson" if known else ""
 
@@ -345,13 +387,13 @@ def build_tables(dataset: str, root: str | Path, ds_cfg: dict[str, Any],
     rows, plan = [], []
     for rec in scan(dataset, root, ds_cfg):
         mpp = rec.mpp if rec.mpp is not None else default_mpp
-        convert = Path(rec.source).suffix.lower() in CONVERTIBLE
+        convert = bool(rec.source) and Path(rec.source).suffix.lower() in CONVERTIBLE
         # Converted TIFFs carry the MPP in their resolution tags; the column repeats it (an override would only
         # matter for a native WSI lacking one, where only a user-given value belongs).
         table_mpp = mpp if convert or rec.mpp is not None else None
         rows.append({"slide": rec.slide, "patient": rec.patient, "label": rec.label,
                      "path": slide_path(results, dataset, rec), "annotation": annotation_path(results, dataset, rec),
-                     "mpp": "" if table_mpp is None else table_mpp})
+                     "mpp": "" if table_mpp is None else table_mpp, "exclude": rec.exclude})
         plan.append({"slide": rec.slide, "source": rec.source, "annotation_source": rec.annotation_source,
                      "annotation_kind": rec.annotation_kind, "mpp": "" if mpp is None else mpp,
                      "is_tma": rec.is_tma, "convert": convert})
@@ -366,6 +408,7 @@ def write_dataset_tables(dataset: str, manifest: str, ds_cfg: dict[str, Any], ta
     """
     import json
 
+    from msamil.slides.table import write_slide_table
     from msamil.util.atomic import write_tsv
 
     root = json.loads(Path(manifest).read_text())["root"]
@@ -373,4 +416,4 @@ def write_dataset_tables(dataset: str, manifest: str, ds_cfg: dict[str, Any], ta
     table, sources = build_tables(dataset, root, ds_cfg, results)
     log.info("%s: %d slides, labels %s", dataset, len(table), table["label"].value_counts().to_dict())
     write_tsv(sources_out, sources)
-    write_tsv(table_out, table)
+    write_slide_table(table_out, table)
