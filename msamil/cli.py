@@ -48,7 +48,14 @@ def _cache_info(args: argparse.Namespace) -> int:
 
 
 def _plain(value: object) -> object:
-    return value.item() if hasattr(value, "item") else value
+    """An HDF5 attribute as JSON: arrays (the workflow writes `scales`, `tissue_min`) as lists, bytes as text."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()  # numpy scalars become Python scalars, arrays lists
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, list):
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in value]
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
