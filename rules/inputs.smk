@@ -112,11 +112,13 @@ def stage_inputs(*outputs):
 
 # Per-slide resources from the slide's size (width x height in its decision file): a linear model per stage,
 # mem_mb = base + per-megapixel * Mpx and runtime (minutes) = base + per-megapixel * Mpx, both times the attempt.
-# Coefficients: benchmarks/RESULTS.md ("Per-slide resources"). A decision not written yet reads as <TBD> in a dry
-# run; Snakemake evaluates the resources again once the inspect job has written it.
+# Coefficients from benchmarks/bench_slide_resources.py (RESULTS.md): peak RSS ~150 MB flat for tissue, ~130 MB
+# + ~1 MB per megapixel for cache; CPU ~0.03 s per megapixel for cache. Runtimes keep a wide margin for real
+# scans. A decision not written yet reads as <TBD> in a dry run; Snakemake evaluates the resources again once the
+# inspect job has written it.
 SLIDE_RESOURCES = {
-    "tissue": {"mem_mb": (1000, 0.25), "runtime": (5, 0.01)},
-    "cache": {"mem_mb": (1500, 0.25), "runtime": (10, 0.05)},
+    "tissue": {"mem_mb": (1000, 0.1), "runtime": (5, 0.005)},
+    "cache": {"mem_mb": (1000, 1.0), "runtime": (10, 0.01)},
 }
 
 
