@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import cv2
 import h5py
 import numpy as np
 import openslide
-import pandas as pd
 import pytest
 from cache_fixtures import make_pair, write_aperio_tiff, write_mask_png
 
 from msamil.cache import writer as cache_mod
 from msamil.cache.grid import box_fractions, plan_layout
-from msamil.cache.writer import build_cache, build_cache_from_table
+from msamil.cache.writer import build_cache, build_cache_from_decision
 from msamil.config import SCALES
 from msamil.errors import SlideError
+from msamil.slides.outcomes import write_decision
 from msamil.slides.slide import Slide, rgba_to_rgb_white
 
 P = 64
@@ -239,25 +240,55 @@ def test_slide_smaller_than_one_cell(tmp_path: Path) -> None:
             np.testing.assert_array_equal(f["20x"]["imgs"][i], slide.read_patch(int(x), int(y), 64, P))
 
 
-def test_bad_encoding_and_missing_row(pair: dict, tmp_path: Path) -> None:
+def _decision(tmp_path: Path, v: dict, excluded: bool = False) -> Path:
+    row = {"slide": "s20", "path": str(v["path"]), "mpp": 0.5, "width": 0, "height": 0}
+    source = {"slide": "s20", "path": str(v["path"])}
+    path = tmp_path / "inspect" / "s20.json"
+    if excluded:
+        write_decision(path, source, row=None, excluded={"slide": "s20", "path": "", "stage": "inspect",
+                                                         "reason": "no MPP", "fix": "add one"})
+    else:
+        write_decision(path, source, row=row, excluded=None)
+    return path
+
+
+def _geojson(tmp_path: Path, failure: dict | None = None) -> Path:
+    path = tmp_path / "t.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [],
+                                **({"msamil_failure": failure} if failure else {})}))
+    return path
+
+
+def test_bad_encoding_and_excluded_slide(pair: dict, tmp_path: Path) -> None:
     v = pair["s20"]
     with pytest.raises(ValueError, match="encoding"):
         build_cache(v["path"], "s20", v["mask"], tmp_path / "x.h5", mpp=0.5, encoding="png", **KW)
-    table = tmp_path / "slides.tsv"
-    pd.DataFrame({"slide": ["other"], "path": [str(v["path"])], "mpp": [0.5]}).to_csv(table, sep="\t", index=False)
-    with pytest.raises(SlideError, match="not listed"):
-        build_cache_from_table(table, "s20", v["mask"], tmp_path / "x.h5", **KW)
+    with pytest.raises(SlideError, match="excluded at inspection, so it has no cache: no MPP"):
+        build_cache_from_decision(_decision(tmp_path, v, excluded=True), v["mask"], _geojson(tmp_path),
+                                  tmp_path / "x.h5", **KW)
 
 
-def test_build_from_table(pair: dict, tmp_path: Path) -> None:
+def test_build_from_decision(pair: dict, tmp_path: Path) -> None:
     v = pair["s20"]
-    table = tmp_path / "slides.tsv"
-    pd.DataFrame({"slide": ["s20"], "path": [str(v["path"])], "mpp": [0.5]}).to_csv(table, sep="\t", index=False)
     out = tmp_path / "c" / "s20.h5"
-    counts = build_cache_from_table(table, "s20", v["mask"], out, encoding="raw", jpeg_quality=90, **KW)
+    counts = build_cache_from_decision(_decision(tmp_path, v), v["mask"], _geojson(tmp_path), out,
+                                       encoding="raw", jpeg_quality=90, **KW)
     with h5py.File(out, "r") as f, h5py.File(v["h5"], "r") as ref:
         assert counts == {s: len(ref[s]["coords"]) for s in SCALES}
         np.testing.assert_array_equal(f["20x"]["imgs"][:5], ref["20x"]["imgs"][:5])
+        assert f.attrs["content_sha256"] == ref.attrs["content_sha256"]  # same content, same checksum
+
+
+def test_a_tissue_failure_is_passed_on_as_the_cache_record(pair: dict, tmp_path: Path) -> None:
+    v = pair["s20"]
+    failure = {"slide": "s20", "path": "", "stage": "tissue", "reason": "unreadable: corrupt", "fix": "re-export"}
+    out = tmp_path / "s20.h5"
+    assert build_cache_from_decision(_decision(tmp_path, v), v["mask"], _geojson(tmp_path, failure), out,
+                                     encoding="raw", jpeg_quality=90, **KW) is None
+    with h5py.File(out, "r") as f:
+        assert (f.attrs["failed_stage"], f.attrs["failed_reason"], f.attrs["failed_fix"]) == (
+            "tissue", "unreadable: corrupt", "re-export")
+        assert not f.attrs["complete"] and len(f) == 0  # no patches: nothing can mistake it for a cache
 
 
 def test_jpeg_writer_equal_length_buffers(tmp_path: Path) -> None:

@@ -13,13 +13,14 @@ from tests.workflow_helpers import snakemake, write_config
         ({"synthetic": {"n_slides": "many"}}, "n_slides"),
         ({"synthetic": {"width": -4096}}, "width"),
         ({"patch_px": -64}, "patch_px"),
-        ({"datasets": ["tcga_brca"]}, "datasets"),
+        ({"datasets": ["tcga-brca!"]}, "datasets"),
+        ({"datasets": ["predict"]}, "datasets"),
         ({"tissue": {"treshold": 20}}, "treshold"),
         ({"methods": {"msamil": {"kind": "transmil"}}}, "kind"),
         ({"splits": {"folds": 1}}, "folds"),
     ],
-    ids=["wrong-type", "negative-size", "negative-patch", "unknown-dataset", "unknown-key", "unknown-kind",
-         "one-fold"],
+    ids=["wrong-type", "negative-size", "negative-patch", "bad-dataset-name", "reserved-dataset-name", "unknown-key",
+         "unknown-kind", "one-fold"],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, expected):
     config = write_config(tmp_path, overrides)
@@ -37,3 +38,13 @@ def test_dataset_without_definition_is_named(tmp_path):
     assert proc.returncode != 0
     assert "'bcnb'" in proc.stdout + proc.stderr
     assert "dataset_config" in proc.stdout + proc.stderr
+
+
+def test_own_dataset_needs_a_slide_table(tmp_path):
+    config = write_config(tmp_path, {"datasets": ["tcga_brca"],
+                                     "dataset_config": {"tcga_brca": {"source": "url", "classes": ["a", "b"]}}})
+    proc = snakemake(tmp_path, config, "-n", "--cores", "1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "dataset_config.tcga_brca" in out
+    assert "source: local" in out and "slide_table" in out
+    assert not (tmp_path / "results").exists()

@@ -181,11 +181,12 @@ class _ScaleWriter:
     """Appends patches of one scale in order: raw patches straight away as whole chunks, JPEG bytes batched into
     slice writes of _FLUSH."""
 
-    def __init__(self, dset: h5py.Dataset, encoding: str, quality: int, digest: Any) -> None:
+    def __init__(self, dset: h5py.Dataset, encoding: str, quality: int, digest: Any = None) -> None:
         self.dset = dset
         self.encoding = encoding
         self.quality = quality
-        self.digest = digest  # sha256 of every patch's stored bytes, in order (the cache's content checksum)
+        # sha256 of every patch's stored bytes, in order (the cache's content checksum)
+        self.digest = digest if digest is not None else hashlib.sha256()
         self.pos = 0
         self.buf: list[np.ndarray] = []
 
