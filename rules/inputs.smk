@@ -113,7 +113,7 @@ def stage_inputs(*outputs):
 # Per-slide resources from the slide's size (width x height in its decision file): a linear model per stage,
 # mem_mb = base + per-megapixel * Mpx and runtime (minutes) = base + per-megapixel * Mpx, both times the attempt.
 # Coefficients from benchmarks/bench_slide_resources.py (RESULTS.md): peak RSS ~150 MB flat for tissue, ~130 MB
-# + ~1 MB per megapixel for cache; CPU ~0.03 s per megapixel for cache. Runtimes keep a wide margin for real
+# + ~1 MB per megapixel for cache; CPU ~0.02 s per megapixel for cache. Runtimes keep a wide margin for real
 # scans. A decision not written yet reads as <TBD> in a dry run; Snakemake evaluates the resources again once the
 # inspect job has written it.
 SLIDE_RESOURCES = {
