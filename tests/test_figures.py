@@ -106,6 +106,11 @@ def test_method_colours_fixed_and_distinct():
 
 
 STUB_SNAKEFILE = f"""
+import sys
+
+sys.path.insert(0, "{REPO}")  # this checkout's msamil, as the real Snakefile does
+
+
 report: "{REPO}/workflow/report/workflow.rst"
 
 

@@ -88,7 +88,7 @@ def test_slurm_profile_plans_gpu_requests(tmp_path: Path) -> None:
     their threads, no placeholder account or partition, and the pretrained weights fetched by a local rule."""
     cfg, work = _small_config(tmp_path, pretrained=True, weights_cache="weights"), tmp_path / "w"
     base = [_snakemake(), "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile", str(cfg)]
-    done = subprocess.run(base + ["--cores", "2", "--workflow-profile", "none", "results/synthetic/inspect/slides.tsv"],
+    done = subprocess.run(base + ["--cores", "2", "--workflow-profile", "none", "results/synthetic/slides.tsv"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # conda is not installed here: --sdm on the command line replaces the profile's (CLI wins), so the plan is
