@@ -30,12 +30,15 @@ def _slide_info(args: argparse.Namespace) -> int:
 
 
 def _cache_info(args: argparse.Namespace) -> int:
-    from msamil.cache.access import CacheError, open_cache
+    from msamil.cache.access import CacheError, cache_error, open_cache
 
     status = 0
     for path in args.caches:
         try:
-            with open_cache(path) as h5:
+            with open_cache(path, require_complete=False) as h5:
+                # a failure record (a slide excluded at tissue or cache) is shown as it is, with its reason
+                if not h5.attrs.get("complete", False) and "failed_reason" not in h5.attrs:
+                    raise cache_error(path, "incomplete (no complete=True attribute: its writer never finished)")
                 record = {"path": path, **{k: _plain(v) for k, v in h5.attrs.items()}}
                 for scale in ("20x", "10x", "5x"):
                     if scale in h5:

@@ -142,21 +142,3 @@ def write_table(path: Path, rows: Sequence[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, sep="\t", index=False)
     return path
-
-
-def corrupt_tissue_tile(svs: Path) -> int:
-    """Zero the bytes of the level-0 JPEG tile with the most tissue (highest mean saturation); return its index."""
-    with tifffile.TiffFile(svs) as tif:
-        page = tif.pages[0]
-        rgb = page.asarray()
-        th, tw = page.tilelength, page.tilewidth
-        offsets, counts = page.dataoffsets, page.databytecounts
-    sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1].astype(float)
-    per_row = -(-rgb.shape[1] // tw)
-    scores = [sat[(i // per_row) * th:(i // per_row + 1) * th, (i % per_row) * tw:(i % per_row + 1) * tw].mean()
-              for i in range(len(offsets))]
-    best = int(np.argmax(scores))
-    with open(svs, "r+b") as handle:
-        handle.seek(offsets[best])
-        handle.write(b"\0" * counts[best])
-    return best

@@ -11,13 +11,13 @@ what depends on them) after one row changes.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import slide_fixtures as sf
+from fault_fixtures import corrupt_tissue_tile
 
 from msamil.cli import main as msamil_cli
 from msamil.slides.synthetic import make_slide, write_synthetic_slide
@@ -75,10 +75,7 @@ def cohort_run(tmp_path_factory) -> dict:
     snakemake(work, config, "--cores", "2", f"results/{DS}/inspect/slides.tsv", check=True)
     # Damage that inspection did not see: a corrupt level-0 tile inside tissue (file dates kept, as a bit flip
     # on disk would), first read by a later per-slide stage.
-    broken = root / "cohort" / "scans" / "broken.svs"
-    stat = broken.stat()
-    sf.corrupt_tissue_tile(broken)
-    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    corrupt_tissue_tile(root / "cohort" / "scans" / "broken.svs")  # keeps the file's dates
     done = snakemake(work, config, "--cores", "2", check=True)  # no --keep-going: nothing may fail
     return {"work": work, "config": config, "table": table, "log": done.stdout + done.stderr}
 

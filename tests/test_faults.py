@@ -405,7 +405,6 @@ E2E = {
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("e2e")
-@pytest.mark.xfail(strict=True, reason="needs the cached-slides manifest (dag)")
 def test_slide_failing_at_cache_is_excluded_and_every_method_runs(tmp_path):
     """Row 4: one corrupt level-0 JPEG tile inside tissue used to stop all training ("Error in rule cache").
 
@@ -416,7 +415,7 @@ def test_slide_failing_at_cache_is_excluded_and_every_method_runs(tmp_path):
     from tests.workflow_helpers import snakemake, write_config
 
     config = write_config(tmp_path, E2E)
-    snakemake(tmp_path, config, "--cores", "2", "results/synthetic/slides.tsv", check=True)
+    snakemake(tmp_path, config, "--cores", "2", "results/synthetic/inspect/slides.tsv", check=True)
     bad = "syn_002"
     corrupt_tissue_tile(tmp_path / f"results/synthetic/raw/slides/{bad}.svs")
     proc = snakemake(tmp_path, config, "--cores", "2")  # no --keep-going: one bad slide must not need it

@@ -11,7 +11,7 @@ import cv2
 import h5py
 import pandas as pd
 import pytest
-from slide_fixtures import corrupt_tissue_tile
+from fault_fixtures import corrupt_tissue_tile
 
 from msamil.cache.writer import build_cache_from_decision
 from msamil.errors import MsamilError, SlideError

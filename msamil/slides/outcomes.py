@@ -108,9 +108,9 @@ def gather_inspection(decisions: Sequence[str | os.PathLike[str]], out_slides: s
 
 def _cache_outcome(cache_path: str | os.PathLike[str]) -> tuple[str | None, dict[str, str] | None]:
     """(content checksum, None) for a built cache; (None, failure) for a slide whose cache job failed."""
-    import h5py
+    from msamil.cache.access import open_cache
 
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path, require_complete=False) as h5:  # a damaged file: CacheError naming it and the fix
         attrs = dict(h5.attrs)
     if "failed_reason" in attrs:
         return None, {"stage": str(attrs.get("failed_stage", "cache")), "reason": str(attrs["failed_reason"]),
