@@ -36,6 +36,7 @@ include: "rules/train.smk"
 include: "rules/baselines.smk"
 include: "rules/aggregate.smk"
 include: "rules/datasets.smk"
+include: "rules/predict.smk"
 
 
 rule all:

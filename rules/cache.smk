@@ -14,6 +14,8 @@ rule cache:
         log_path("cache", "{dataset}", "{slide}"),
     benchmark:
         bench_path("cache", "{dataset}", "{slide}")
+    wildcard_constraints:
+        dataset=SLIDE_DATASET,
     conda:
         "../envs/slide.yaml"
     threads: 1

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 from snakemake.common import overwrite_function_params
@@ -14,6 +15,7 @@ from snakemake.utils import validate
 
 from msamil.datasets.registry import DATASETS as REGISTRY
 from msamil.errors import ConfigError
+from msamil.predict import check_predict
 from msamil.slides.outcomes import read_decision, summary_line
 from msamil.slides.slide_table import slide_id_problem
 from msamil.slides.table import read_slide_table, row_dicts
@@ -51,11 +53,17 @@ GPU_PER_JOB = int(
 )
 
 
+# The per-slide rules (inspect, tissue, cache and their gathers) also serve prediction sets, whose dataset
+# wildcard is `predict/<name>`; every other rule only matches real datasets.
+SLIDE_DATASET = "(?:predict/)?[A-Za-z0-9_]+"
+
+
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     slide="[^/]+",
     fold="[0-9]+",
     method="[A-Za-z0-9_]+",
+    name="[A-Za-z0-9_]+",
 
 
 def per_job(func):
@@ -67,8 +75,32 @@ def per_job(func):
     return func
 
 
+PREDICT = config.get("predict", {})
+PREDICT_PREFIX = "predict/"
+
+
+def predict_name(dataset):
+    """The prediction set a dataset wildcard stands for (`predict/<name>`), or None for a real dataset."""
+    return (
+        dataset[len(PREDICT_PREFIX) :] if dataset.startswith(PREDICT_PREFIX) else None
+    )
+
+
 def dataset_cfg(dataset):
-    return config["dataset_config"][dataset]
+    """A dataset's settings. A prediction set (`predict/<name>`) is read like a cohort from its slide table, with
+    the settings (classes, tissue, default_mpp) of the dataset whose models it applies.
+    """
+    name = predict_name(dataset)
+    if name is None:
+        return config["dataset_config"][dataset]
+    spec = PREDICT[name]
+    source = config["dataset_config"][spec["dataset"]]
+    return {
+        **source,
+        "source": "local",
+        "slide_table": spec["slide_table"],
+        "default_mpp": spec.get("default_mpp", source.get("default_mpp")),
+    }
 
 
 def dataset_kind(dataset):
@@ -99,6 +131,11 @@ for _ds in config["datasets"]:
     check_dataset(_ds)
 
 
+for _name in PREDICT:
+    check_predict(config, _name)
+    check_dataset(PREDICT[_name]["dataset"])
+
+
 def dataset_tissue(dataset):
     """Tissue settings of a dataset: the `tissue` section, with dataset_config.<name>.tissue on top."""
     return {**config.get("tissue", {}), **dataset_cfg(dataset).get("tissue", {})}
@@ -123,13 +160,14 @@ def raw_table(dataset):
 def raw_rows(dataset):
     """Every row of the dataset's slide table, indexed by slide (waits for the table's checkpoint if any)."""
     path = raw_table(dataset)
-    return _read_rows(path, os.path.getmtime(path))[0]
+    return _read_rows(path, os.path.getmtime(path), predict_name(dataset) is None)[0]
 
 
 def raw_row_dicts(dataset):
-    """{slide: row dict} of the dataset's slide table (cached until the table changes)."""
+    """{slide: row dict} of the dataset's slide table (cached until the table changes); a prediction set's table
+    needs no label column."""
     path = raw_table(dataset)
-    return _read_rows(path, os.path.getmtime(path))[1]
+    return _read_rows(path, os.path.getmtime(path), predict_name(dataset) is None)[1]
 
 
 @per_job
@@ -198,12 +236,13 @@ def final_targets(wildcards):
     targets = []
     for dataset in config["datasets"]:
         targets += dataset_targets(dataset)
+    targets += expand(f"{RESULTS}/predict/{{name}}/predictions.tsv", name=list(PREDICT))
     return targets + aggregate_targets()
 
 
 def summarise_datasets():
     """The end-of-run line per dataset: N slides used, M excluded (and where they are listed)."""
-    for dataset in config["datasets"]:
+    for dataset in [*config["datasets"], *(PREDICT_PREFIX + n for n in PREDICT)]:
         line = summary_line(RESULTS, dataset)
         if line:
             logger.info(line)

@@ -165,9 +165,12 @@ def inspect_params(wildcards):
     """What an inspect job reads: its own slide-table row and its dataset's settings (nothing of other rows, so
     editing one row reruns that slide's inspection only)."""
     spec = dataset_cfg(wildcards.dataset)
+    unlabelled = (
+        predict_name(wildcards.dataset) is not None
+    )  # a prediction set: labels are not checked
     return {
         "row": slide_row(wildcards),
-        "classes": list(spec["classes"]),
+        "classes": None if unlabelled else list(spec["classes"]),
         "default_mpp": spec.get("default_mpp"),
         "tissue": dataset_tissue(wildcards.dataset),
     }
@@ -236,3 +239,41 @@ def method_weights(wildcards):
     """The pretrained weights file a run loads (fetched by the local rule fetch_weights), if any."""
     path = cached_weights(method_settings(config, wildcards.method)["model"])
     return [str(path)] if path is not None else []
+
+
+# Prediction sets (rules/predict.smk): `predict/<name>` slides through the per-slide rules, then the trained fold
+# models of the set's dataset and method.
+
+
+def predict_spec(wildcards):
+    return PREDICT[wildcards.name]
+
+
+def predict_lesion_model(wildcards):
+    """The lesion model the source dataset trained for this fold (its SFFM selects the new slides' patches)."""
+    return f"{RESULTS}/{predict_spec(wildcards)['dataset']}/lesion/fold{wildcards.fold}/unetpp.pt"
+
+
+def predict_fold_inputs(wildcards):
+    """The new slides' manifest, the fold's best.pt of the source dataset/method, and (SFFM methods) the new
+    slides' selection by that fold's lesion model."""
+    spec = predict_spec(wildcards)
+    inputs = {
+        "slides": f"{RESULTS}/predict/{wildcards.name}/slides.tsv",
+        "model": f"{RESULTS}/{spec['dataset']}/runs/{spec['method']}/fold{wildcards.fold}/best.pt",
+    }
+    if config["methods"][spec["method"]].get("sffm", True):
+        inputs["selection"] = (
+            f"{RESULTS}/predict/{wildcards.name}/lesion/fold{wildcards.fold}/selection.h5"
+        )
+    return inputs
+
+
+def predict_run_config(wildcards):
+    """The config subset a predict_fold job reads: that of the training run it applies."""
+    spec = predict_spec(wildcards)
+    return run_config(SimpleNamespace(dataset=spec["dataset"], method=spec["method"]))
+
+
+def predict_method_scales(name):
+    return method_settings(config, PREDICT[name]["method"])["scales"]

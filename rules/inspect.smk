@@ -17,6 +17,8 @@ rule inspect_slide:
         log_path("inspect_slide", "{dataset}", "{slide}"),
     benchmark:
         bench_path("inspect_slide", "{dataset}", "{slide}")
+    wildcard_constraints:
+        dataset=SLIDE_DATASET,
     conda:
         "../envs/slide.yaml"
     threads: 1
@@ -39,6 +41,8 @@ checkpoint inspect:
         log_path("inspect", "{dataset}"),
     benchmark:
         bench_path("inspect", "{dataset}")
+    wildcard_constraints:
+        dataset=SLIDE_DATASET,
     conda:
         "../envs/slide.yaml"
     threads: 1
@@ -63,6 +67,8 @@ checkpoint slides:
         log_path("slides", "{dataset}"),
     benchmark:
         bench_path("slides", "{dataset}")
+    wildcard_constraints:
+        dataset=SLIDE_DATASET,
     conda:
         "../envs/slide.yaml"
     threads: 1

@@ -14,6 +14,8 @@ rule tissue:
         log_path("tissue", "{dataset}", "{slide}"),
     benchmark:
         bench_path("tissue", "{dataset}", "{slide}")
+    wildcard_constraints:
+        dataset=SLIDE_DATASET,
     conda:
         "../envs/slide.yaml"
     threads: 1

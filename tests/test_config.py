@@ -48,3 +48,29 @@ def test_own_dataset_needs_a_slide_table(tmp_path):
     assert proc.returncode != 0 and "dataset_config.tcga_brca" in out
     assert "source: local" in out and "slide_table" in out
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("predict", "expected"),
+    [
+        ({"dataset": "tcga", "method": "msamil"}, ["predict.new.dataset", "'tcga'", "dataset_config"]),
+        ({"dataset": "synthetic", "method": "transmil"}, ["predict.new.method", "'transmil'", "known"]),
+        ({"dataset": "synthetic", "method": "abmil"}, ["predict.new.method", "kind 'abmil'", "msamil"]),
+    ],
+    ids=["unknown-dataset", "unknown-method", "baseline-method"],
+)
+def test_predict_set_must_name_a_trained_dataset_and_msamil_method(tmp_path, predict, expected):
+    config = write_config(tmp_path, {"predict": {"new": {"slide_table": "new.tsv", **predict}}})
+    proc = snakemake(tmp_path, config, "-n", "--cores", "1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_predict_set_schema_names_the_key(tmp_path):
+    config = write_config(tmp_path, {"predict": {"new": {"slide_table": "new.tsv", "dataset": "synthetic"}}})
+    proc = snakemake(tmp_path, config, "-n", "--cores", "1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Error validating config" in out and "'method' is a required property" in out

@@ -71,3 +71,8 @@ def test_missing_table_and_unlabelled_tables(tmp_path):
     table = read_slide_table(_write(tmp_path / "new.tsv", [{"slide": "n1", "patient": "", "path": "n1.svs"}]),
                              require_label=False)
     assert table.loc["n1", "label"] == ""
+    assert table.loc["n1", "patient"] == "n1"  # an unlabelled table needs no patients: each slide its own
+    only = read_slide_table(_write(tmp_path / "bare.tsv", [{"slide": "n2", "path": "n2.svs"}]), require_label=False)
+    assert only.loc["n2", ["patient", "label"]].tolist() == ["n2", ""]
+    with pytest.raises(ConfigError, match="missing column"):
+        read_slide_table(tmp_path / "bare.tsv")

@@ -3,14 +3,17 @@ kind -> tables, figures and the HTML report, on a small config, with one slide c
 
 One Snakemake run covers what unit tests cannot: the rules' wiring, the inspect checkpoint re-planning the DAG,
 `--keep-going` past a bad slide, and the report. It is the slowest test of the suite (a few minutes on 2 cores).
+The same trained models are then applied to unlabelled slides (`predict:`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from tests.workflow_helpers import snakemake, write_config
@@ -99,3 +102,43 @@ def test_nothing_left_to_do_and_report_holds_every_figure(finished_run):
     html = (finished_run / "results/report.html").read_text(errors="ignore")
     for png in (finished_run / "results/figures").glob("*.png"):
         assert png.name in html, png.name
+
+
+def test_predict_on_unlabelled_slides_with_the_trained_folds(finished_run):
+    """`predict:` applies the run's trained msamil folds (and their lesion models, for SFFM) to new slides of a
+    table without labels: predictions.tsv with every fold's probabilities and their mean, one heatmap per slide."""
+    new = finished_run / "new"
+    new.mkdir()
+    for src, dst in (("syn_000", "case_a"), ("syn_001", "case_b")):
+        (new / f"{dst}.svs").write_bytes((finished_run / f"results/synthetic/raw/slides/{src}.svs").read_bytes())
+    (new / "slides.tsv").write_text("slide\tpath\ncase_a\tcase_a.svs\ncase_b\tcase_b.svs\ngone\tgone.svs\n")
+    cfg = yaml.safe_load((finished_run / "test_config.yaml").read_text())
+    cfg["predict"] = {"newcases": {"slide_table": str(new / "slides.tsv"), "dataset": "synthetic",
+                                   "method": "msamil"}}
+    config = finished_run / "predict_config.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    trained = sorted((finished_run / "results/synthetic/runs/msamil").glob("fold*/best.pt"))
+    before = [p.stat().st_mtime_ns for p in trained]
+    snakemake(finished_run, config, "--cores", "2", "results/predict/newcases/predictions.tsv", check=True)
+
+    out = finished_run / "results/predict/newcases"
+    assert [p.stat().st_mtime_ns for p in trained] == before  # applied, not retrained
+    excluded = pd.read_csv(out / "excluded.tsv", sep="\t")
+    assert excluded["slide"].tolist() == ["gone"] and "not found" in excluded["reason"].iloc[0]
+    table = pd.read_csv(out / "predictions.tsv", sep="\t", keep_default_na=False)
+    assert table["slide"].tolist() == ["case_a", "case_b"]
+    assert (table["given_label"] == "").all() and (table["n_folds"] == 2).all()
+    classes = ["benign", "malignant"]
+    for c in classes:
+        folds = table[[f"prob_{c}_fold0", f"prob_{c}_fold1"]]
+        assert np.allclose(table[f"prob_{c}"], folds.mean(axis=1), atol=1e-5)
+    assert np.allclose(table[[f"prob_{c}" for c in classes]].sum(axis=1), 1.0, atol=1e-4)
+    assert set(table["pred"]) <= set(classes)
+    for k in range(2):  # each fold's own lesion model selected the new slides' patches
+        assert (out / f"lesion/fold{k}/selection.h5").stat().st_size > 0
+        fold = pd.read_csv(out / f"fold{k}/predictions.tsv", sep="\t")
+        assert fold["slide"].tolist() == ["case_a", "case_b"]
+    for slide in ("case_a", "case_b"):
+        with Image.open(out / f"heatmaps/{slide}.png") as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["case_a.png", "case_b.png"]

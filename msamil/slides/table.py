@@ -48,7 +48,8 @@ def resolve(value: str, folder: str) -> str:
 def read_slide_table(path: str | os.PathLike[str], *, require_label: bool = True) -> pd.DataFrame:
     """The table at `path` as strings (empty cells ''), paths resolved, columns in COLUMNS order, indexed by slide.
 
-    `require_label=False` for tables of unlabelled slides (prediction): a missing label column is then empty.
+    `require_label=False` for tables of unlabelled slides (prediction): label and patient columns may then be
+    missing (label empty, patient = the slide id).
     Columns the workflow does not know are left out (with a warning naming them).
     """
     path = Path(path)
@@ -60,7 +61,7 @@ def read_slide_table(path: str | os.PathLike[str], *, require_label: bool = True
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ConfigError(f"slide table {path} cannot be read as TSV/CSV: {exc}") from exc
     table.columns = [str(c).strip().lower() for c in table.columns]
-    required = [c for c in REQUIRED if require_label or c != "label"]
+    required = [c for c in REQUIRED if require_label or c not in ("label", "patient")]
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise ConfigError(f"slide table {path}: missing column(s) {missing}; it needs {list(required)} "
@@ -70,6 +71,8 @@ def read_slide_table(path: str | os.PathLike[str], *, require_label: bool = True
         if col not in table.columns:
             table[col] = ""
     table = table[COLUMNS].map(lambda v: str(v).strip())
+    if not require_label:
+        table["patient"] = table["patient"].where(table["patient"] != "", table["slide"])
     check_unique_ids(table, path)
     folder = str(path.parent) if str(path.parent) != "." else ""
     table["path"] = [resolve(p, folder) for p in table["path"]]
