@@ -141,4 +141,4 @@ def test_predict_on_unlabelled_slides_with_the_trained_folds(finished_run):
     for slide in ("case_a", "case_b"):
         with Image.open(out / f"heatmaps/{slide}.png") as image:
             assert image.size[0] > 200 and image.size[1] > 100
-    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["case_a.png", "case_b.png"]
+    assert sorted(p.name for p in (out / "heatmaps").glob("*.png")) == ["case_a.png", "case_b.png"]
