@@ -6,6 +6,8 @@ import shutil
 import pandas as pd
 from snakemake.utils import validate
 
+from msamil.tissue.settings import tissue_settings
+
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 for _ds in config["datasets"]:
@@ -98,6 +100,11 @@ def final_targets(wildcards):
 
 def dataset_cfg(dataset):
     return config["dataset_config"][dataset]
+
+
+def dataset_tissue(dataset):
+    """Tissue settings of one dataset: `tissue:` overridden key by key by dataset_config.<ds>.tissue."""
+    return tissue_settings(config, dataset)
 
 
 def raw_table(dataset):

@@ -22,6 +22,6 @@ checkpoint inspect:
     params:
         table=lambda wc: raw_table(wc.dataset),
         dataset_cfg=lambda wc: dataset_cfg(wc.dataset),
-        tissue=config.get("tissue", {}),
+        tissue=lambda wc: dataset_tissue(wc.dataset),
     script:
         "../workflow/scripts/inspect_slides.py"

@@ -20,6 +20,6 @@ rule tissue:
         mem_mb=3000,
         runtime=20,
     params:
-        tissue=config.get("tissue", {}),
+        tissue=lambda wc: dataset_tissue(wc.dataset),
     script:
         "../workflow/scripts/tissue.py"

@@ -11,7 +11,7 @@ import slide_fixtures as sf
 from msamil.errors import MsamilError
 from msamil.slides.inspection import EXCLUDED_COLUMNS, SLIDES_COLUMNS, inspect_dataset
 
-TISSUE = {"seg_mpp": 4.0, "median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0,
+TISSUE = {"seg_mpp": 4.0, "smooth_um": 8.0, "close_um": 32.0, "min_fragment_area_um2": 1000.0,
           "min_tissue_area_um2": 1000.0, "min_hole_area_um2": 500.0}
 DS = {"source": "local", "classes": ["benign", "malignant"], "default_mpp": None}
 

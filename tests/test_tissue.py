@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import slide_fixtures as sf
 
-from msamil.tissue.detect import mask_to_geojson, run_tissue, saturation_threshold, tissue_mask
+from msamil.tissue.detect import mask_to_geojson, run_tissue, tissue_mask
 
-CFG = {"median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0, "min_tissue_area_um2": 5000.0,
+CFG = {"smooth_um": 8.0, "close_um": 32.0, "min_fragment_area_um2": 5000.0, "min_tissue_area_um2": 5000.0,
        "min_hole_area_um2": 2000.0}
 W_UM, H_UM = 768.0, 512.0
 BLOBS = [(0.0, 256.0, 120.0), (480.0, 220.0, 100.0), (700.0, 460.0, 25.0)]  # left one crosses the border
@@ -63,14 +63,6 @@ def test_empty_slide_gives_empty_mask():
     assert not tissue_mask(empty, 4.0, **CFG).any()
     white = np.full((64, 64, 3), 255, dtype=np.uint8)
     assert not tissue_mask(white, 4.0, **CFG).any()
-
-
-def test_threshold_floor_and_fixed():
-    noise = np.clip(np.random.default_rng(0).normal(8, 3, (64, 64)), 0, 255).astype(np.uint8)
-    assert saturation_threshold(noise, "otsu") >= 20
-    assert saturation_threshold(noise, 42) == 42
-    with pytest.raises(ValueError):
-        saturation_threshold(noise, "triangle")
 
 
 def test_geojson_level0_coordinates():

@@ -1,7 +1,8 @@
 """The inspect checkpoint: decide, slide by slide, what the rest of the workflow may use (DESIGN.md sections 2, 10).
 
 Each slide of the source table is opened, its pyramid and MPP checked, its pixels decoded once (truncated files
-open fine and fail later), its tissue detected, and a QC thumbnail drawn. Unusable slides go to excluded.tsv with a
+open fine and fail later), its illumination checked (brightfield only: msamil.slides.brightfield), its tissue
+detected, and a QC thumbnail drawn. Unusable slides go to excluded.tsv with a
 precise reason and a fix; one bad slide never stops the others, but a dataset with no usable slide is an error.
 """
 
@@ -19,9 +20,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from msamil.errors import MsamilError, SlideError
+from msamil.slides.brightfield import NOT_BRIGHTFIELD_FIX, brightfield_problem
 from msamil.slides.slide import Slide, SlideInfo
 from msamil.slides.slide_table import read_slide_table, slide_id_problem
-from msamil.tissue.detect import overlay, qc_mpp, tissue_mask, write_png
+from msamil.tissue.detect import TISSUE_DEFAULTS, overlay, qc_mpp, tissue_mask, write_png
 from msamil.util.atomic import write_tsv
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ SLIDES_COLUMNS = [
 ]
 EXCLUDED_COLUMNS = ["slide", "path", "reason", "fix"]
 TABLE_COLUMNS = ["slide", "patient", "label", "path"]
-DEFAULT_TISSUE = {"seg_mpp": 8.0}
+DEFAULT_TISSUE = TISSUE_DEFAULTS
 
 
 @dataclass
@@ -87,20 +89,20 @@ def _tissue_check(slide: Slide, tissue_cfg: Mapping[str, Any]) -> tuple[np.ndarr
     mask = tissue_mask(slide.image_at_mpp(seg_mpp), seg_mpp, **cfg)
     frac = float(mask.mean())
     if frac == 0.0:
+        threshold = cfg.get("threshold", TISSUE_DEFAULTS["threshold"])
         raise SlideError(
             slide.info.slide,
-            f"no tissue detected (HSV saturation at {seg_mpp:g} µm/px, threshold {cfg.get('threshold', 'otsu')})",
-            fix="check the QC thumbnail; if there is faint tissue, lower tissue.threshold or tissue areas in config",
+            f"no tissue detected (no stain optical density above {threshold:g} at {seg_mpp:g} µm/px)",
+            fix="check the QC thumbnail; if it shows faint tissue, lower threshold / seed_threshold or the "
+                "fragment areas in dataset_config.<ds>.tissue (or tissue: for all datasets)",
         )
     return mask, frac
 
 
-def _draw_qc(slide: Slide, mask: np.ndarray | None, qc_dir: Path, caption: str) -> None:
-    info = slide.info
-    thumb = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
+def _draw_qc(thumb: np.ndarray, mask: np.ndarray | None, qc_dir: Path, slide_id: str, caption: str) -> None:
     if mask is None:
         mask = np.zeros(thumb.shape[:2], dtype=bool)
-    write_png(qc_dir / f"{info.slide}.png", overlay(thumb, mask, caption))
+    write_png(qc_dir / f"{slide_id}.png", overlay(thumb, mask, caption))
 
 
 def inspect_slide(
@@ -121,13 +123,18 @@ def inspect_slide(
         slide.verify()
         info: SlideInfo = slide.info
         caption = f"{slide_id} {rec['label']} {info.mpp:g}um/px ({info.mpp_source}) {info.magnification:g}x"
+        thumb = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
+        problem = brightfield_problem(slide, thumb)
+        if problem:
+            _draw_qc(thumb, None, qc_dir, slide_id, caption + " NOT BRIGHTFIELD")
+            raise SlideError(slide_id, f"not a brightfield slide: {problem}", fix=NOT_BRIGHTFIELD_FIX)
         try:
             mask, frac = _tissue_check(slide, tissue_cfg)
         except SlideError:
-            _draw_qc(slide, None, qc_dir, caption + " NO TISSUE")
+            _draw_qc(thumb, None, qc_dir, slide_id, caption + " NO TISSUE")
             raise
         slide.verify_tiles(mask, float(tissue_cfg.get("seg_mpp", DEFAULT_TISSUE["seg_mpp"])))
-        _draw_qc(slide, mask, qc_dir, caption + f" tissue {100 * frac:.0f}%")
+        _draw_qc(thumb, mask, qc_dir, slide_id, caption + f" tissue {100 * frac:.0f}%")
     if info.levels == 1 and max(info.width, info.height) > 20000:
         log.warning("slide %s: a single-level %dx%d slide (no pyramid): reads at 5x will be slow", slide_id,
                     info.width, info.height)
