@@ -136,8 +136,10 @@ def write_background(path: Path, width: int = 512, height: int = 384, mpp: float
 
 
 def write_table(path: Path, rows: Sequence[dict]) -> Path:
-    """raw/table.tsv with the CONTRACT's columns; missing cells empty."""
+    """raw/table.tsv with the CONTRACT's columns (mpp_source only when a row gives one); missing cells empty."""
     cols = ["slide", "patient", "label", "path", "annotation", "mpp"]
+    if any(row.get("mpp_source") for row in rows):
+        cols.append("mpp_source")
     frame = pd.DataFrame([{c: row.get(c, "") for c in cols} for row in rows], columns=cols)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, sep="\t", index=False)

@@ -104,3 +104,62 @@ def test_run_tissue_empty_slide(tmp_path):
     mask = run_tissue(path, "bg", 0.5, *out, {**CFG, "seg_mpp": 4.0})
     assert not mask.any() and mask.shape == (48, 64)
     assert json.loads(out[1].read_text())["features"] == []
+
+
+def _sparse_ihc(mpp: float, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """A sparse IHC slide: six small, faint hematoxylin fragments (some with a little DAB) on slightly tinted glass,
+    plus grey dust, a grey fibre and a black scanner corner that are not tissue. Returns (rgb, fragment masks,
+    not-tissue mask)."""
+    rng = np.random.default_rng(seed)
+    w_um, h_um = 8000.0, 6000.0
+    frags = [(900.0, 900.0, 260.0), (3000.0, 1200.0, 120.0), (5200.0, 900.0, 70.0), (1500.0, 4200.0, 160.0),
+             (4200.0, 3600.0, 90.0), (6800.0, 4600.0, 55.0)]
+    masks = [sf.blob_mask(w_um, h_um, mpp, [f]) for f in frags]
+    h, w = masks[0].shape
+    img = np.empty((h, w, 3), np.float64)
+    img[:] = (241.0, 240.0, 244.0)
+    light_h = np.array([216.0, 214.0, 230.0])  # light hematoxylin: stain OD ~0.05
+    for i, m in enumerate(masks):
+        texture = rng.normal(0.0, 6.0, size=(h, w, 1))
+        img[m] = (light_h + texture[m])
+        if i % 2 == 0:  # a few DAB-positive cells
+            dab = m & (rng.random((h, w)) < 0.03)
+            img[dab] = (180.0, 150.0, 120.0)
+    dust = sf.blob_mask(w_um, h_um, mpp, [(7000.0, 1500.0, 35.0), (2500.0, 5300.0, 30.0)])
+    img[dust] = (185.0, 185.0, 186.0)
+    yy, xx = np.mgrid[0:h, 0:w] * mpp
+    fibre = (np.abs(yy - (2600.0 + 0.25 * (xx - 5500.0))) < 12.0) & (xx > 5500) & (xx < 6700)
+    img[fibre] = (170.0, 170.0, 172.0)
+    corner = (xx < 300) & (yy < 200)
+    img[corner] = 0.0
+    img += rng.normal(0.0, 1.5, size=(h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), masks, dust | fibre | corner
+
+
+@pytest.mark.parametrize("mpp", [8.0, 4.0])
+def test_sparse_faint_ihc_fragments_all_found(mpp):
+    """The issue's case: every one of six faint fragments is found (defaults, no tuning), nothing else is."""
+    rgb, frags, junk = _sparse_ihc(mpp)
+    mask = tissue_mask(rgb, mpp)
+    for frag in frags:
+        assert mask[frag].mean() > 0.9
+    n_components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+    assert n_components == len(frags)
+    assert not mask[junk].any()
+    truth = np.logical_or.reduce(frags)
+    assert iou(mask, truth) > 0.85
+
+
+def test_noise_floor_keeps_noisy_glass_empty():
+    """A threshold below the glass's own noise is raised to it: noisy, slightly tinted glass stays glass."""
+    rng = np.random.default_rng(3)
+    glass = np.clip(rng.normal((238.0, 236.0, 241.0), 5.0, size=(200, 300, 3)), 0, 255).astype(np.uint8)
+    assert not tissue_mask(glass, 8.0, threshold=0.001, seed_threshold=0.002).any()
+
+
+def test_fragment_min_area_is_relative_to_the_slide():
+    from msamil.tissue.detect import fragment_min_area_um2
+
+    assert fragment_min_area_um2(np.array([1e8, 2e4]), 5000.0, 0.01, 50000.0) == 50000.0  # a section: cap
+    assert fragment_min_area_um2(np.array([3e5, 2e4]), 5000.0, 0.01, 50000.0) == 5000.0  # a biopsy: floor
+    assert fragment_min_area_um2(np.array([2e6]), 5000.0, 0.01, 50000.0) == 20000.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def read_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
     """The dataset's raw/table.tsv as strings (empty cells ''); ConfigError for missing columns or an id that
     occurs twice (msamil.slides.slide_table: a duplicated id would silently pick one of two labels)."""
     table = read_slide_table(table_path, required=TABLE_COLUMNS)
-    for col in ("annotation", "mpp"):
+    for col in ("annotation", "mpp", "mpp_source"):
         if col not in table.columns:
             table[col] = ""
     return table
@@ -73,6 +73,23 @@ def _parse_override(value: str, slide: str) -> float | None:
     except ValueError:
         raise SlideError(slide, f"mpp column value {value!r} is not a number",
                          fix="put the slide's µm/px (e.g. 0.25) in the mpp column or leave it empty") from None
+
+
+def _mpp_provenance(info: SlideInfo, override: float | None, table_source: str) -> str:
+    """Where the slide's MPP came from, as slides.tsv records it.
+
+    The table's `mpp_source` (e.g. `dataset_config.bcnb.default_mpp`) names who gave a table `mpp`: it replaces
+    the bare "override", and when a converted TIFF carries that same value in its tags (conversion wrote it
+    there) the file is not its origin either.
+    """
+    source = str(table_source or "").strip()
+    if not source or override is None:
+        return info.mpp_source
+    if info.mpp_source == "override":
+        return source
+    if abs(info.mpp - override) <= 1e-3 * override:
+        return f"{source} (in the converted TIFF)"
+    return info.mpp_source
 
 
 def _check_label(label: str, classes: list[str], slide: str, dataset: str) -> int:
@@ -121,7 +138,8 @@ def inspect_slide(
     path = resolve_path(rec["path"], table_path)
     with Slide.open(path, slide_id, override_mpp=override, default_mpp=default_mpp) as slide:
         slide.verify()
-        info: SlideInfo = slide.info
+        info: SlideInfo = replace(slide.info, mpp_source=_mpp_provenance(slide.info, override,
+                                                                        rec.get("mpp_source", "")))
         caption = f"{slide_id} {rec['label']} {info.mpp:g}um/px ({info.mpp_source}) {info.magnification:g}x"
         thumb = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
         problem = brightfield_problem(slide, thumb)
