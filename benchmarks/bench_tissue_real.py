@@ -7,14 +7,16 @@ The slides are NOT part of the repository (third-party pixels): fetch them from 
 and put them in SLIDE_DIR under the manifest's file names (benchmarks/RESULTS.md says how). Per slide, this
 reports what the workflow would do at `seg_mpp` (or at the image's own resolution when coarser):
 
-- brightfield: `msamil.slides.brightfield` on the file's metadata and a thumbnail (`ok` or the reason);
+- brightfield: `msamil.slides.brightfield` on the file's metadata and, separately, on a thumbnail (`ok` or the
+  reason; inspection excludes a slide when either finds a reason);
 - tissue fraction and number of fragments of `msamil.tissue.detect.tissue_mask` (config defaults, or --set);
 - IoU against the hand outline (GeoJSON in level-0 pixels of the file; features with `"role": "ignore"` mark
   ambiguous areas left out of the score), and how many outlined fragments the mask finds (>= 50 % covered).
 
 Manifest entries: name, file, source, scanner, stain, kind (brightfield | fluorescence), reader (openslide |
 image | tiff-channels), mpp (null: from the file), mpp_basis, outline (file name or null), heldout, judged, and
-optionally expect_fragments / min_fraction for slides judged by eye. --qc writes one overlay PNG per slide there.
+optionally min_fraction for slides judged by eye. --qc writes one overlay PNG per slide there; --mpp-scale
+multiplies the manifest's MPPs (the estimated ones; file MPPs are used as they are) to test their influence.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from msamil.slides.brightfield import brightfield_problem_from, downsample_for_check
+from msamil.slides.brightfield import downsample_for_check, metadata_problem, pixel_problem
 from msamil.slides.slide import Slide
 from msamil.tissue.detect import TISSUE_DEFAULTS, overlay, tissue_mask
 
@@ -140,11 +142,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not (Path(args.slide_dir) / entry["file"]).exists():
             print(f"skip {entry['name']}: {entry['file']} not in {args.slide_dir}", file=sys.stderr)
             continue
+        if entry.get("mpp") is not None and args.mpp_scale != 1.0:
+            entry = {**entry, "mpp": float(entry["mpp"]) * args.mpp_scale}
         img, work, mpp, thumb, props = load(entry, Path(args.slide_dir), seg_mpp)
-        problem = brightfield_problem_from(props, thumb)
+        meta, pixels = metadata_problem(props), pixel_problem(thumb)
         row: dict[str, Any] = {"name": entry["name"], "scanner": entry["scanner"], "stain": entry["stain"],
                                "kind": entry["kind"], "heldout": bool(entry.get("heldout")),
-                               "brightfield": "ok" if problem is None else f"NOT: {problem}"}
+                               "metadata": "ok" if meta is None else f"NOT: {meta}",
+                               "pixels": "ok" if pixels is None else f"NOT: {pixels}"}
         if entry["kind"] == "brightfield":
             mask = tissue_mask(img, work, **cfg)
             n_frag = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
@@ -161,14 +166,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| slide | scanner | stain | held out | brightfield | tissue % | fragments | found / outlined | IoU |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| slide | scanner | stain | held out | brightfield (metadata) | brightfield (pixels) | tissue % | "
+            "fragments | found / outlined | IoU |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         frac = f"{100 * r['fraction']:.1f}" if "fraction" in r else "-"
         found = f"{r['found']} / {r['outlined']}" if "outlined" in r else "-"
         iou = f"{r['iou']:.3f}" if "iou" in r else "-"
         lines.append(f"| {r['name']} | {r['scanner']} | {r['stain']} | {'yes' if r['heldout'] else ''} | "
-                     f"{r['brightfield']} | {frac} | {r.get('fragments', '-')} | {found} | {iou} |")
+                     f"{r['metadata']} | {r['pixels']} | {frac} | {r.get('fragments', '-')} | {found} | {iou} |")
     return "\n".join(lines)
 
 
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--qc", default=None, help="write overlay PNGs here (they hold third-party pixels)")
     ap.add_argument("--set", action="append", default=[], help="override a tissue setting, e.g. threshold=0.03")
     ap.add_argument("--heldout-only", action="store_true")
+    ap.add_argument("--mpp-scale", type=float, default=1.0,
+                    help="multiply the manifest's (estimated) MPPs by this, to see how much the results hang on them")
     ap.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
     args = ap.parse_args(argv)
     rows = run(args)

@@ -78,6 +78,17 @@ def test_the_dark_slide_would_otherwise_pass_as_tissue(slides):
     assert tissue_mask(img, 4.0).mean() > 0.2
 
 
+def test_false_colour_composite_without_white_light():
+    """A multiplex fluorescence export on an olive background (no channel ever near-black, little white)."""
+    rng = np.random.default_rng(1)
+    img = np.empty((300, 400, 3), np.float64)
+    img[:] = (90.0, 130.0, 8.0)
+    img[60:240, 80:300] = (150.0, 230.0, 40.0)
+    img += rng.normal(0, 4, size=img.shape)
+    problem = pixel_problem(np.clip(img, 0, 255).astype(np.uint8))
+    assert problem.startswith("no white light")
+
+
 def test_brightfield_with_black_corners_and_few_glass_pixels_passes():
     """A crop that is mostly tissue, with a black scanner corner, is still brightfield."""
     img = sf.tissue_image(800.0, 600.0, 4.0, blobs=[(400.0, 300.0, 420.0)], seed=2)

@@ -163,3 +163,18 @@ def test_fragment_min_area_is_relative_to_the_slide():
     assert fragment_min_area_um2(np.array([1e8, 2e4]), 5000.0, 0.01, 50000.0) == 50000.0  # a section: cap
     assert fragment_min_area_um2(np.array([3e5, 2e4]), 5000.0, 0.01, 50000.0) == 5000.0  # a biopsy: floor
     assert fragment_min_area_um2(np.array([2e6]), 5000.0, 0.01, 50000.0) == 20000.0
+
+
+def test_near_white_fill_does_not_turn_tinted_glass_into_tissue():
+    """JPEG-compressed white fill outside the scanned area (values 252-255) must not become the reference: the
+    slightly tinted glass the tissue lies on would then read as faint stain and join the tissue."""
+    rng = np.random.default_rng(7)
+    h, w = 300, 400
+    truth = sf.blob_mask(w * 8.0, h * 8.0, 8.0, [(1200.0, 1200.0, 600.0)])
+    img = np.empty((h, w, 3), np.float64)
+    img[:] = (238.0, 232.0, 241.0)  # tinted glass
+    img[:, 160:] = 255.0 - rng.integers(0, 4, size=(h, w - 160, 3))  # 60 % fill, JPEG-noisy
+    img[truth] = (200.0, 130.0, 180.0)
+    img += rng.normal(0.0, 1.0, size=img.shape)
+    mask = tissue_mask(np.clip(img, 0, 255).astype(np.uint8), 8.0)
+    assert iou(mask, truth) > 0.9

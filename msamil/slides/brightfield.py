@@ -8,7 +8,8 @@ enough:
 - **metadata** saying so: OpenSlide/TIFF properties of fluorescence scanners (Leica `illumination-source`, Akoya/
   PerkinElmer `<Mode>im_Fluorescence`, OME `IlluminationType`/`ContrastMethod`, Hamamatsu excitation filters);
 - **a dark background**: brightfield glass is the brightest thing on a slide; a slide with next to no bright glass
-  whose pixels are mostly dark (or whose median is dark) was lit from the front;
+  whose pixels are mostly dark (or whose median is dark), or whose typical pixel lacks a colour channel entirely
+  (a fluorescence composite on an olive or coloured background), transmitted no white light;
 - **a single channel**: a greyscale image (R = G = B everywhere there is content) carries no stain colour.
 """
 
@@ -29,9 +30,10 @@ CHECK_MAX_PX = 1024
 #: min(R, G, B) of glass under transmitted light, and max(R, G, B) of a fluorescence background
 GLASS_MIN, DARK_MAX = 170, 60
 #: a brightfield slide shows at least this share of bright glass, unless its tissue covers the frame
-MIN_GLASS_SHARE = 0.02
-#: without glass: a slide this dark (share of dark pixels, or median brightness) is not brightfield
-DARK_SHARE, DARK_MEDIAN = 0.25, 80
+MIN_GLASS_SHARE = 0.05
+#: without glass: a slide this dark (share of dark pixels, or median brightness), or whose typical pixel has a
+#: colour channel this close to empty, transmits no white light: not brightfield
+DARK_SHARE, DARK_MEDIAN, EMPTY_CHANNEL = 0.25, 80, 40
 
 NOT_BRIGHTFIELD_FIX = (
     "msamil handles brightfield slides (H&E, IHC) only; remove this slide from the slide table (fluorescence, "
@@ -51,11 +53,11 @@ def metadata_problem(props: Mapping[str, str]) -> str | None:
     for key, value in props.items():
         text = f"{key}={value}"
         if _KEY_VALUE.search(key) and re.search(r"fluoresc|darkfield", str(value), re.IGNORECASE):
-            return f"metadata {key} = {str(value)[:60]!r}"
+            return f"its metadata says {key} = {str(value)[:60]!r}"
         for pattern in _TEXT:
             match = pattern.search(text)
             if match:
-                return f"metadata {key} says {match.group(0)[:60]!r}"
+                return f"its metadata says {match.group(0)[:60]!r} (property {key[:48]!r})"
     return None
 
 
@@ -73,10 +75,13 @@ def pixel_problem(rgb: np.ndarray) -> str | None:
     px, lo, hi = px[data], lo[data], hi[data]
     glass = float(np.mean(lo >= GLASS_MIN))
     dark = float(np.mean(hi < DARK_MAX))
-    median = float(np.median(hi))
+    median, median_lo = float(np.median(hi)), float(np.median(lo))
     if glass < MIN_GLASS_SHARE and (dark >= DARK_SHARE or median < DARK_MEDIAN):
         return (f"dark background: {100 * dark:.0f}% of the slide is dark and {100 * glass:.1f}% bright glass "
                 f"(median brightness {median:.0f}/255); a fluorescence or darkfield scan")
+    if glass < MIN_GLASS_SHARE and median_lo < EMPTY_CHANNEL:
+        return (f"no white light: {100 * glass:.1f}% bright glass and the typical pixel has a colour channel at "
+                f"{median_lo:.0f}/255; a fluorescence composite or a false-colour image")
     content = lo < 235  # not glass or white fill
     if content.sum() >= max(100, 0.005 * len(px)):
         chroma = (hi - lo)[content]

@@ -24,6 +24,8 @@ GLASS_MIN_LUMA = 160
 GLASS_MAX_CHROMA_OD = 0.04
 #: the glass mode must hold at least this share of the non-white pixels
 GLASS_MIN_SHARE = 0.01
+#: a mode this bright may be fill or overexposure; a neutral mode below it with this share of pixels is the glass
+NEAR_WHITE, FILL_YIELD_SHARE = 250, 0.05
 #: stain OD = min(mean OD, chroma OD / NEUTRAL_RATIO); hematoxylin's chroma/mean is ~0.75, DAB's ~0.9, grey's 0
 NEUTRAL_RATIO = 0.3
 #: intensities below this are floored before the log: near-black pixels carry no reliable colour
@@ -57,11 +59,24 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return _channels(rgb)[0]
 
 
+def _band_colour(rgb: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """Median RGB of the pixels in `near`."""
+    return np.array([_median_u8(chan, near) for chan in cv2.split(np.ascontiguousarray(rgb))], dtype=np.float64)
+
+
+def _chroma_od(colour: np.ndarray) -> float:
+    od = np.log10(256.0 / (colour + 1.0))
+    return float(od.max() - od.min())
+
+
 def glass_colour(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     """(RGB of the slide's glass, found): the brightest common near-neutral colour, else white (found False).
 
     The mode of the luminance histogram above GLASS_MIN_LUMA (pure white excluded) is taken, and the median colour
-    of the pixels within 4 grey levels of it. A mode that is tinted like stain or too rare is not glass.
+    of the pixels within 4 grey levels of it. A mode that is tinted like stain or too rare is not glass. A near-white
+    mode (NEAR_WHITE and up: JPEG-compressed fill outside the scanned area, overexposure) gives way to a clearly
+    darker neutral mode holding FILL_YIELD_SHARE of the pixels: that one is the glass the tissue lies on, and
+    measuring against the fill would turn tinted glass into faint "stain".
     """
     grey, lo, _ = _channels(rgb)
     data = lo < 255
@@ -69,14 +84,21 @@ def glass_colour(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     n_data = int(np.count_nonzero(data))
     if np.count_nonzero(cand) < max(16, GLASS_MIN_SHARE * grey.size):
         return WHITE.copy(), False
-    hist = np.convolve(_hist(grey, cand).astype(np.float64), np.ones(5) / 5, mode="same")
+    raw_hist = _hist(grey, cand).astype(np.float64)
+    hist = np.convolve(raw_hist, np.ones(5) / 5, mode="same")
     mode = int(np.argmax(hist))
+    if mode >= NEAR_WHITE:
+        below = int(np.argmax(hist[: NEAR_WHITE - 4]))
+        share = raw_hist[max(0, below - 4): below + 5].sum() / max(1, n_data)
+        if share >= FILL_YIELD_SHARE:
+            near_below = cand & (cv2.absdiff(grey, np.full_like(grey, below)) <= 4)
+            if _chroma_od(_band_colour(rgb, near_below)) <= GLASS_MAX_CHROMA_OD / 2:
+                mode = below
     near = cand & (cv2.absdiff(grey, np.full_like(grey, mode)) <= 4)
     if np.count_nonzero(near) < GLASS_MIN_SHARE * n_data:
         return WHITE.copy(), False
-    glass = np.array([_median_u8(chan, near) for chan in cv2.split(np.ascontiguousarray(rgb))], dtype=np.float64)
-    od = np.log10(256.0 / (glass + 1.0))
-    if od.max() - od.min() > GLASS_MAX_CHROMA_OD:
+    glass = _band_colour(rgb, near)
+    if _chroma_od(glass) > GLASS_MAX_CHROMA_OD:
         return WHITE.copy(), False
     return glass, True
 
