@@ -2,10 +2,12 @@
 
 Run: .venv/bin/python benchmarks/bench_tissue_real.py SLIDE_DIR [--manifest benchmarks/real_slides.json]
          [--outlines benchmarks/real_outlines] [--qc OUT_DIR] [--set key=value ...] [--heldout-only]
+         [--assemble CLONES_DIR]
 
-The slides are NOT part of the repository (third-party pixels): fetch them from the sources the manifest names
-and put them in SLIDE_DIR under the manifest's file names (benchmarks/RESULTS.md says how). Per slide, this
-reports what the workflow would do at `seg_mpp` (or at the image's own resolution when coarser):
+The slides are NOT part of the repository (third-party pixels). Each manifest entry names a GitHub repository,
+commit and path; clone those repositories into CLONES_DIR (as CLONES_DIR/<name> or CLONES_DIR/<owner>+<name>)
+and --assemble copies each file (`git show commit:path`) into SLIDE_DIR under the manifest's file name first.
+Per slide, this reports what the workflow would do at `seg_mpp` (or at the image's own resolution when coarser):
 
 - brightfield: `msamil.slides.brightfield` on the file's metadata and, separately, on a thumbnail (`ok` or the
   reason; inspection excludes a slide when either finds a reason);
@@ -13,7 +15,7 @@ reports what the workflow would do at `seg_mpp` (or at the image's own resolutio
 - IoU against the hand outline (GeoJSON in level-0 pixels of the file; features with `"role": "ignore"` mark
   ambiguous areas left out of the score), and how many outlined fragments the mask finds (>= 50 % covered).
 
-Manifest entries: name, file, source, scanner, stain, kind (brightfield | fluorescence), reader (openslide |
+Manifest entries: name, file, repo, commit, path, note, scanner, stain, kind (brightfield | fluorescence), reader (openslide |
 image | tiff-channels), mpp (null: from the file), mpp_basis, outline (file name or null), heldout, judged, and
 optionally min_fraction for slides judged by eye. --qc writes one overlay PNG per slide there; --mpp-scale
 multiplies the manifest's MPPs (the estimated ones; file MPPs are used as they are) to test their influence.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,8 +131,25 @@ def score(mask: np.ndarray, outline: Path, scale: float) -> dict[str, Any]:
     return {"iou": iou, "outlined": len(tissue), "found": found}
 
 
+def assemble(manifest: dict[str, Any], clones: Path, slide_dir: Path) -> None:
+    """Copy every manifest file out of local clones of its repository (`git show commit:path`)."""
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    for entry in manifest["slides"]:
+        owner, name = entry["repo"].split("/")
+        repo = next((d for d in (clones / f"{owner}+{name}" / "repo", clones / f"{owner}+{name}", clones / name,
+                                 clones / owner / name) if d.exists()), None)
+        if repo is None:
+            print(f"skip {entry['name']}: no clone of {entry['repo']} in {clones}", file=sys.stderr)
+            continue
+        blob = subprocess.run(["git", "-C", str(repo), "show", f"{entry['commit']}:{entry['path']}"],
+                              capture_output=True, check=True).stdout
+        (slide_dir / entry["file"]).write_bytes(blob)
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     manifest = json.loads(Path(args.manifest).read_text())
+    if getattr(args, "assemble", None):
+        assemble(manifest, Path(args.assemble), Path(args.slide_dir))
     cfg = dict(TISSUE_DEFAULTS)
     for item in args.set:
         key, value = item.split("=", 1)
@@ -189,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mpp-scale", type=float, default=1.0,
                     help="multiply the manifest's (estimated) MPPs by this, to see how much the results hang on them")
     ap.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
+    ap.add_argument("--assemble", default=None, help="first copy the slides out of local git clones in this folder")
     args = ap.parse_args(argv)
     rows = run(args)
     print(json.dumps(rows, indent=1) if args.json else table(rows))
