@@ -6,8 +6,6 @@ import shutil
 import pandas as pd
 from snakemake.utils import validate
 
-from msamil.tissue.settings import tissue_settings
-
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 for _ds in config["datasets"]:
@@ -104,6 +102,8 @@ def dataset_cfg(dataset):
 
 def dataset_tissue(dataset):
     """Tissue settings of one dataset: `tissue:` overridden key by key by dataset_config.<ds>.tissue."""
+    from msamil.tissue.settings import tissue_settings
+
     return tissue_settings(config, dataset)
 
 
