@@ -57,7 +57,8 @@ def metadata_problem(props: Mapping[str, str]) -> str | None:
         for pattern in _TEXT:
             match = pattern.search(text)
             if match:
-                return f"its metadata says {match.group(0)[:60]!r} (property {key[:48]!r})"
+                name = re.sub(r"\s+", " ", key)[:48]
+                return f"its metadata says {match.group(0)[:60]!r} (property {name!r})"
     return None
 
 
