@@ -2,8 +2,9 @@
 
 A definition turns a directory holding the dataset as its publisher ships it into `SourceRecord`s, one per slide.
 `build_tables` then writes the CONTRACT's source table (`raw/table.tsv`: slide, patient, label, path, annotation,
-mpp, mpp_source) plus `raw/sources.tsv`, which tells the per-slide conversion jobs which original file each slide comes from.
-Slide ids are only known once the files are there, which is why the workflow builds these tables in a checkpoint.
+mpp, mpp_source) plus `raw/sources.tsv`, which tells the per-slide conversion jobs which original file each slide
+comes from. Slide ids are only known once the files are there, which is why the workflow builds these tables in a
+checkpoint.
 """
 
 from __future__ import annotations
