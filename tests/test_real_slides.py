@@ -3,7 +3,8 @@
 The slides are third-party files kept outside the repository (benchmarks/real_slides.json names their sources;
 benchmarks/bench_tissue_real.py --assemble collects them). Point MSAMIL_REAL_SLIDES at that folder to run:
 `MSAMIL_REAL_SLIDES=/tmp/realslides .venv/bin/pytest tests/test_real_slides.py`. Without it they are skipped.
-A folder holding other slides works too, with a manifest of the same form in MSAMIL_REAL_MANIFEST.
+A folder holding other slides works too, with a manifest of the same form in MSAMIL_REAL_MANIFEST (and their hand
+outlines in MSAMIL_REAL_OUTLINES).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def rows() -> dict[str, dict]:
 
     args = argparse.Namespace(
         slide_dir=SLIDES, manifest=os.environ.get("MSAMIL_REAL_MANIFEST", str(REPO / "benchmarks/real_slides.json")),
-        outlines=str(REPO / "benchmarks/real_outlines"), qc=None, set=[], heldout_only=False, mpp_scale=1.0)
+        outlines=os.environ.get("MSAMIL_REAL_OUTLINES", str(REPO / "benchmarks/real_outlines")), qc=None, set=[], heldout_only=False, mpp_scale=1.0)
     out = {r["name"]: r for r in run(args)}
     assert out, f"no slide of the manifest found in {SLIDES}"
     return out
