@@ -135,16 +135,17 @@ def tissue_mask(
     """Boolean tissue mask of an RGB image whose pixels are `mpp` µm wide.
 
     Stain optical density against the slide's own glass (msamil.tissue.stain), smoothed over `smooth_um`, is
-    thresholded with hysteresis: pixels above `threshold` belong to tissue when connected to a pixel above
-    `seed_threshold`. Then closing, fragments below a slide-relative area (`fragment_min_area_um2`) dropped, and
-    holes below `min_hole_area_um2` filled. `seg_mpp` is accepted (and ignored) so the whole `tissue` config
+    thresholded with hysteresis: pixels above `threshold` (raised to the slide's glass noise when that is higher)
+    belong to tissue when connected to a pixel above `seed_threshold` (at least the threshold). Boundary pixels
+    under `edge_fraction` of the nearby tissue OD are then dropped, the mask closed, fragments below a
+    slide-relative area (`fragment_min_area_um2`) dropped and holes below `min_hole_area_um2` filled. `seg_mpp` is accepted (and ignored) so the whole `tissue` config
     section can be passed as keywords; the caller has already rendered the image at that resolution.
     """
     del seg_mpp
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
-    if not 0 < float(threshold) <= float(seed_threshold):
-        raise ValueError(f"tissue: need 0 < threshold <= seed_threshold, got {threshold} and {seed_threshold}")
+    if not float(threshold) > 0:
+        raise ValueError(f"tissue.threshold must be a positive stain OD, got {threshold}")
     glass, _ = glass_colour(rgb)
     raw = stain_od(rgb, glass)
     low = max(float(threshold), NOISE_MARGIN * glass_noise(raw, luma(rgb), glass))
