@@ -137,8 +137,12 @@ for _name in PREDICT:
 
 
 def dataset_tissue(dataset):
-    """Tissue settings of a dataset: the `tissue` section, with dataset_config.<name>.tissue on top."""
-    return {**config.get("tissue", {}), **dataset_cfg(dataset).get("tissue", {})}
+    """Tissue settings of a dataset: the code defaults, `tissue:`, then dataset_config.<ds>.tissue key by key
+    (msamil.tissue.settings). A prediction set uses those of the dataset whose models it applies."""
+    from msamil.tissue.settings import tissue_settings
+
+    name = predict_name(dataset)
+    return tissue_settings(config, PREDICT[name]["dataset"] if name else dataset)
 
 
 @functools.lru_cache(maxsize=64)

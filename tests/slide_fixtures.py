@@ -136,8 +136,10 @@ def write_background(path: Path, width: int = 512, height: int = 384, mpp: float
 
 
 def write_table(path: Path, rows: Sequence[dict]) -> Path:
-    """A slide table (msamil.slides.table columns); missing cells empty."""
+    """A slide table (msamil.slides.table columns; mpp_source only when a row gives one); missing cells empty."""
     cols = ["slide", "patient", "label", "path", "annotation", "mpp", "exclude"]
+    if any(row.get("mpp_source") for row in rows):
+        cols.insert(6, "mpp_source")
     frame = pd.DataFrame([{c: row.get(c, "") for c in cols} for row in rows], columns=cols)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, sep="\t", index=False)

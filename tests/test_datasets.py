@@ -214,7 +214,11 @@ def test_digestpath_layout(fake_roots) -> None:
     assert set(plan[plan["annotation_kind"] == "empty"]["annotation_source"]) == {""}
     assert set(mal["patient"]) == {"2018_64980_1-3", "2018_64981_1-3"}
     assert all(p.endswith(".tiff") and "/raw/slides/" in p for p in table["path"])
-    assert (table["mpp"] == 0.475).all() and plan["convert"].all()
+    assert (table["mpp"] == "").all() and (plan["mpp"] == "").all() and plan["convert"].all()  # nothing guessed
+    given, given_plan = build_tables("digestpath2019", fake_roots["DigestPath2019"],
+                                     _cfg("digestpath2019", default_mpp=0.475))
+    assert (given["mpp"] == 0.475).all() and (given_plan["mpp"] == 0.475).all()
+    assert set(given["mpp_source"]) == {"dataset_config.digestpath2019.default_mpp"}
 
 
 def test_bcnb_layout_binary_and_three_class(fake_roots) -> None:
@@ -228,8 +232,14 @@ def test_bcnb_layout_binary_and_three_class(fake_roots) -> None:
 
 def test_ubc_layout_tma_mpp_and_masks(fake_roots) -> None:
     table, plan = build_tables("ubc_ocean", fake_roots["UBC-OCEAN"], _cfg("ubc_ocean"))
+    assert (table["mpp"] == "").all() and (plan["mpp"] == "").all()  # no built-in wsi_mpp / tma_mpp
+    given = _cfg("ubc_ocean", options={"wsi_mpp": 0.5, "tma_mpp": 0.25})
+    table, plan = build_tables("ubc_ocean", fake_roots["UBC-OCEAN"], given)
     mpp = dict(zip(table["slide"], table["mpp"], strict=True))
     assert mpp["91"] == 0.25 and mpp["4"] == 0.5
+    src = dict(zip(table["slide"], table["mpp_source"], strict=True))
+    assert src["91"] == "dataset_config.ubc_ocean.options.tma_mpp"
+    assert src["4"] == "dataset_config.ubc_ocean.options.wsi_mpp"
     assert plan.set_index("slide").loc["286", "is_tma"]
     assert (table.set_index("slide")["annotation"] != "").to_dict() == {
         "4": True, "66": False, "91": False, "281": False, "286": False}
@@ -237,6 +247,30 @@ def test_ubc_layout_tma_mpp_and_masks(fake_roots) -> None:
     assert sorted(no_tma[no_tma["exclude"] == ""]["slide"]) == ["281", "4", "66"]
     left_out = no_tma.set_index("slide").loc[["286", "91"], "exclude"]  # listed, with the reason, not dropped
     assert left_out.str.contains("include_tma: false").all()
+
+
+@pytest.mark.parametrize("value", [None, 0.5])
+def test_ubc_mpp_options_accept_null(fake_roots, value) -> None:
+    """`wsi_mpp: null` (unknown) is valid and means no MPP, never a TypeError or a default."""
+    table, plan = build_tables("ubc_ocean", fake_roots["UBC-OCEAN"],
+                               _cfg("ubc_ocean", options={"wsi_mpp": value, "tma_mpp": None}))
+    wsi = table.set_index("slide").loc["4"]
+    assert wsi["mpp"] == ("" if value is None else value)
+    assert wsi["mpp_source"] == ("" if value is None else "dataset_config.ubc_ocean.options.wsi_mpp")
+    assert plan.set_index("slide").loc["91", "mpp"] == ""  # TMA: tma_mpp null
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, "0.5um", True])
+def test_ubc_mpp_options_reject_non_mpps(fake_roots, bad) -> None:
+    with pytest.raises(ConfigError, match="wsi_mpp.*not an MPP"):
+        build_tables("ubc_ocean", fake_roots["UBC-OCEAN"], _cfg("ubc_ocean", options={"wsi_mpp": bad}))
+
+
+def test_no_dataset_definition_carries_an_mpp() -> None:
+    """No built-in guess: MPPs come from files or from the user (slide table, options, default_mpp)."""
+    for defn in DATASETS.values():
+        assert not hasattr(defn, "default_mpp")
+        assert all(defn.options.get(key) is None for key in ("wsi_mpp", "tma_mpp"))
 
 
 def test_camelyon_layout_uses_native_tiffs(fake_roots) -> None:
@@ -254,10 +288,12 @@ def test_slide_table_overrides_and_errors(fake_roots, tmp_path: Path) -> None:
     overrides = tmp_path / "over.tsv"
     pd.DataFrame({"slide": ["1", "2"], "patient": ["P1", "P1"], "mpp": ["0.3", ""]}).to_csv(
         overrides, sep="\t", index=False)
-    table, _ = build_tables("bcnb", fake_roots["BCNB"], _cfg("bcnb", slide_table=str(overrides)))
+    table, _ = build_tables("bcnb", fake_roots["BCNB"], _cfg("bcnb", slide_table=str(overrides), default_mpp=0.5))
     rows = table.set_index("slide")
     assert rows.loc["1", "patient"] == rows.loc["2", "patient"] == "P1"
     assert rows.loc["1", "mpp"] == 0.3 and rows.loc["2", "mpp"] == 0.5
+    assert rows.loc["1", "mpp_source"] == "dataset_config.bcnb.slide_table"
+    assert rows.loc["2", "mpp_source"] == "dataset_config.bcnb.default_mpp"
     with pytest.raises(ConfigError, match="unknown key"):
         scan("bcnb", fake_roots["BCNB"], _cfg("bcnb", options={"aln_groupin": "binary"}))
     with pytest.raises(ConfigError, match="not in dataset_config.bcnb.classes"):
@@ -272,7 +308,7 @@ def test_write_dataset_tables_from_manifest(fake_roots, tmp_path: Path) -> None:
     write_dataset_tables("ubc_ocean", str(manifest), _cfg("ubc_ocean"), str(tmp_path / "t.tsv"),
                          str(tmp_path / "s.tsv"))
     table = pd.read_csv(tmp_path / "t.tsv", sep="\t", dtype=str)
-    assert list(table.columns) == ["slide", "patient", "label", "path", "annotation", "mpp", "exclude"]
+    assert list(table.columns) == ["slide", "patient", "label", "path", "annotation", "mpp", "mpp_source", "exclude"]
     assert len(pd.read_csv(tmp_path / "s.tsv", sep="\t")) == 5
     # the same table format as a user's cohort: read back, the paths are where build_tables put them
     assert sorted(read_slide_table(tmp_path / "t.tsv")["path"]) == sorted(

@@ -38,8 +38,8 @@ DECLARED = ("predictions.tsv", "metrics.json", "efficiency.json", "best.pt", "la
             "attention.h5")  # rules/train.smk's outputs: Snakemake deletes them before a rerun
 EPOCHS, BEST = 5, 3  # with seed 0 the uninterrupted run's best epoch is 3: kills land before, at and after it
 DS = {"source": "local", "classes": ["benign", "malignant"], "default_mpp": None}
-TISSUE = {"seg_mpp": 4.0, "median_blur_um": 16.0, "close_um": 32.0, "min_tissue_area_um2": 1000.0,
-          "min_hole_area_um2": 500.0}  # small test slides (as in test_inspect)
+TISSUE = {"seg_mpp": 4.0, "smooth_um": 8.0, "close_um": 32.0, "min_fragment_area_um2": 1000.0,
+          "min_tissue_area_um2": 1000.0, "min_hole_area_um2": 500.0}  # small test slides (as in test_inspect)
 
 
 def _config() -> dict:

@@ -11,7 +11,7 @@ import slide_fixtures as sf
 from msamil.errors import ConfigError, MsamilError
 from msamil.slides.inspection import EXCLUDED_COLUMNS, SLIDES_COLUMNS, inspect_dataset
 
-TISSUE = {"seg_mpp": 4.0, "median_blur_um": 16.0, "threshold": "otsu", "close_um": 32.0,
+TISSUE = {"seg_mpp": 4.0, "smooth_um": 8.0, "close_um": 32.0, "min_fragment_area_um2": 1000.0,
           "min_tissue_area_um2": 1000.0, "min_hole_area_um2": 500.0}
 DS = {"source": "local", "classes": ["benign", "malignant"], "default_mpp": None}
 
@@ -165,3 +165,27 @@ def test_no_usable_slide_fails_naming_excluded(mixed, tmp_path):
         inspect_dataset(table, DS, tmp_path / "s.tsv", tmp_path / "e.tsv", tmp_path / "qc", tissue_cfg=TISSUE)
     assert "e.tsv" in str(err.value) and "truncated" in str(err.value)
     assert len(pd.read_csv(tmp_path / "e.tsv", sep="\t")) == 2
+
+
+def test_mpp_source_names_who_gave_the_mpp(mixed, tmp_path):
+    """slides.tsv says where an MPP came from: a registry's table names the config key, also when conversion wrote
+    that value into the TIFF's tags; a file's own different MPP still wins; a bare user column stays "override"."""
+    d, _, _ = mixed
+    sd = d / "slides"
+    table = sf.write_table(tmp_path / "t.tsv", [
+        {"slide": "given", "patient": "p1", "label": "benign", "path": str(sd / "nompp.tif"), "mpp": "0.5",
+         "mpp_source": "dataset_config.ubc_ocean.options.wsi_mpp"},
+        {"slide": "converted", "patient": "p2", "label": "benign", "path": str(sd / "good2.tif"), "mpp": "0.25",
+         "mpp_source": "dataset_config.bcnb.default_mpp"},
+        {"slide": "own", "patient": "p3", "label": "benign", "path": str(sd / "good2.tif"), "mpp": "0.5",
+         "mpp_source": "dataset_config.bcnb.default_mpp"},
+        {"slide": "user", "patient": "p4", "label": "benign", "path": str(sd / "fixed.tif"), "mpp": "0.5"},
+    ])
+    slides, excluded = inspect_dataset(table, DS, tmp_path / "s.tsv", tmp_path / "e.tsv", tmp_path / "qc",
+                                       tissue_cfg=TISSUE)
+    assert excluded.empty
+    src = dict(zip(slides["slide"], slides["mpp_source"], strict=True))
+    assert src["given"] == "dataset_config.ubc_ocean.options.wsi_mpp"
+    assert src["converted"] == "dataset_config.bcnb.default_mpp (in the converted TIFF)"
+    assert src["own"] == "openslide" and slides.set_index("slide").loc["own", "mpp"] == 0.25
+    assert src["user"] == "override"

@@ -2,10 +2,11 @@
 
 A definition turns a directory holding the dataset as its publisher ships it into `SourceRecord`s, one per slide.
 `build_tables` then writes the slide table every dataset shares (`raw/table.tsv`, msamil.slides.table: slide,
-patient, label, path, annotation, mpp, exclude) plus `raw/sources.tsv`, which tells the per-slide conversion jobs
-which original file each slide comes from. Slide ids are only known once the files are there, which is why the
-workflow builds these tables in a checkpoint. No file a scanner finds is dropped: one it cannot label (or that an
-option leaves out) is listed with an `exclude` reason, so it reaches excluded.tsv like any other unusable slide.
+patient, label, path, annotation, mpp, mpp_source, exclude) plus `raw/sources.tsv`, which tells the per-slide
+conversion jobs which original file each slide comes from. Slide ids are only known once the files are there, which
+is why the workflow builds these tables in a checkpoint. No file a scanner finds is dropped: one it cannot label
+(or that an option leaves out) is listed with an `exclude` reason, so it reaches excluded.tsv like any other
+unusable slide.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 #: Plain images that must become pyramidal TIFF before OpenSlide can read them.
 CONVERTIBLE = frozenset({".jpg", ".jpeg", ".png"})
 EMPTY = "empty"  # annotation kind of a slide known to hold no lesion
-TABLE_COLUMNS = ["slide", "patient", "label", "path", "annotation", "mpp", "exclude"]
+TABLE_COLUMNS = ["slide", "patient", "label", "path", "annotation", "mpp", "mpp_source", "exclude"]
+#: dataset options that are MPPs: never built in, each null (unknown) or a positive number the user gave
+MPP_OPTIONS = frozenset({"wsi_mpp", "tma_mpp"})
 SOURCE_COLUMNS = ["slide", "source", "annotation_source", "annotation_kind", "mpp", "is_tma", "convert"]
 
 
@@ -45,6 +48,7 @@ class SourceRecord:
     annotation_kind: str = ""
     mpp: float | None = None
     is_tma: bool = False
+    mpp_source: str = ""  # the config key or table the mpp came from (recorded in slides.tsv)
     exclude: str = ""  # why the slide is listed but not used (no label, left out by an option); empty = use it
 
 
@@ -58,7 +62,6 @@ class DatasetDef:
     name: str
     title: str
     classes: tuple[str, ...]
-    default_mpp: float | None
     annotation_kind: str
     layout: str
     scan: Scanner
@@ -180,7 +183,8 @@ def _scan_ubc(root: Path, opts: dict[str, Any]) -> list[SourceRecord]:
             slide=safe_id(image_id), patient=safe_id(image_id), label=str(row["label"]).strip(),
             source=str(images[image_id]) if image_id in images else "", annotation_source=str(mask) if mask else "",
             annotation_kind="ubc_mask" if mask else "",
-            mpp=float(opts["tma_mpp"] if is_tma else opts["wsi_mpp"]), is_tma=is_tma, exclude=exclude,
+            mpp=opts["tma_mpp"] if is_tma else opts["wsi_mpp"], is_tma=is_tma, exclude=exclude,
+            mpp_source=f"dataset_config.ubc_ocean.options.{'tma_mpp' if is_tma else 'wsi_mpp'}",
         ))
     return records
 
@@ -234,7 +238,7 @@ DATASETS: dict[str, DatasetDef] = {
     for d in (
         DatasetDef(
             name="digestpath2019", title="DigestPath2019 task 2 (colonoscopy tissue)",
-            classes=("benign", "malignant"), default_mpp=0.475, annotation_kind="digestpath_mask",
+            classes=("benign", "malignant"), annotation_kind="digestpath_mask",
             layout="tissue-train-pos-v1/<name>.jpg + <name>_mask.jpg (malignant), tissue-train-neg/<name>.jpg",
             scan=_scan_digestpath,
             options={"positive_glob": "**/*pos*/*.jpg", "negative_glob": "**/*neg*/*.jpg",
@@ -243,7 +247,7 @@ DATASETS: dict[str, DatasetDef] = {
         ),
         DatasetDef(
             name="bcnb", title="BCNB (early breast cancer core-needle biopsies, ALN status)",
-            classes=("N0", "N+"), default_mpp=0.5, annotation_kind="bcnb_json",
+            classes=("N0", "N+"), annotation_kind="bcnb_json",
             layout="WSIs/<id>.jpg + WSIs/<id>.json, patient-clinical-data.xlsx (or .csv)",
             scan=_scan_bcnb,
             options={"image_glob": "**/WSIs/*.jpg",
@@ -252,15 +256,15 @@ DATASETS: dict[str, DatasetDef] = {
         ),
         DatasetDef(
             name="ubc_ocean", title="UBC-OCEAN (ovarian cancer histotypes, Kaggle 2023)",
-            classes=("CC", "EC", "HGSC", "LGSC", "MC"), default_mpp=0.5, annotation_kind="ubc_mask",
+            classes=("CC", "EC", "HGSC", "LGSC", "MC"), annotation_kind="ubc_mask",
             layout="train.csv, train_images/<image_id>.png, *mask*/<image_id>.png (RGB, red = tumour)",
             scan=_scan_ubc,
             options={"label_table": "**/train.csv", "image_glob": "**/train_images/*.png",
-                     "mask_glob": "**/*mask*/*.png", "wsi_mpp": 0.5, "tma_mpp": 0.25, "include_tma": True},
+                     "mask_glob": "**/*mask*/*.png", "wsi_mpp": None, "tma_mpp": None, "include_tma": True},
         ),
         DatasetDef(
             name="camelyon16", title="Camelyon16 (lymph node metastases)",
-            classes=("normal", "tumor"), default_mpp=None, annotation_kind="asap_xml",
+            classes=("normal", "tumor"), annotation_kind="asap_xml",
             layout="images/{normal,tumor,test}_NNN.tif, annotations/<slide>.xml, evaluation/reference.csv",
             scan=_scan_camelyon16,
             options={"image_glob": "**/*.tif", "annotation_glob": "**/*.xml",
@@ -284,6 +288,11 @@ def resolve_options(defn: DatasetDef, options: dict[str, Any] | None) -> dict[st
     if unknown:
         raise ConfigError(f"dataset_config.{defn.name}.options: unknown key(s) {sorted(unknown)}; "
                           f"known: {sorted(defn.options)}")
+    for key in MPP_OPTIONS & set(options):
+        value = options[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise ConfigError(f"dataset_config.{defn.name}.options.{key}: {value!r} is not an MPP; give µm per "
+                              f"pixel (e.g. 0.5) or null when unknown")
     return {**defn.options, **options}
 
 
@@ -310,6 +319,7 @@ def _added_record(row: pd.Series, dataset: str, root: Path | None) -> SourceReco
         slide=slide, patient=str(row.get("patient", "")).strip() or slide, label=str(row.get("label", "")).strip(),
         source=source, annotation_source=annotation, annotation_kind="geojson" if annotation else "",
         mpp=float(row["mpp"]) if str(row.get("mpp", "")).strip() else None,
+        mpp_source=f"dataset_config.{dataset}.slide_table" if str(row.get("mpp", "")).strip() else "",
         exclude="" if source else f"listed in dataset_config.{dataset}.slide_table, but the {dataset} scanner "
                                   f"found no such slide under {root or 'its folder'} and the row gives no path",
     )
@@ -332,6 +342,7 @@ def _apply_slide_table(records: list[SourceRecord], path: str | None, dataset: s
             changes: dict[str, Any] = {k: row[k] for k in ("patient", "label") if k in row and row[k]}
             if "mpp" in row and row["mpp"]:
                 changes["mpp"] = float(row["mpp"])
+                changes["mpp_source"] = f"dataset_config.{dataset}.slide_table"
             if changes.get("label") and not rec.label and "left out by" not in rec.exclude:
                 changes["exclude"] = ""
             rec = SourceRecord(**{**asdict(rec), **changes})
@@ -381,19 +392,26 @@ def annotation_path(results: str, dataset: str, rec: SourceRecord) -> str:
 
 def build_tables(dataset: str, root: str | Path, ds_cfg: dict[str, Any],
                  results: str = "results") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(source table for inspect, per-slide conversion plan). MPP: slide override > dataset rule > config > default."""
-    defn = get_dataset(dataset)
-    default_mpp = ds_cfg.get("default_mpp") if ds_cfg.get("default_mpp") is not None else defn.default_mpp
+    """(source table for inspect, per-slide conversion plan).
+
+    MPP: a slide-table value, else the dataset's own option (UBC-OCEAN `wsi_mpp`/`tma_mpp`), else
+    `dataset_config.<ds>.default_mpp`; nothing is built in, so a slide none of these covers has no MPP unless its
+    file carries one, and inspection excludes it. `mpp_source` names where the value came from.
+    """
+    default_mpp = ds_cfg.get("default_mpp")
     rows, plan = [], []
     for rec in scan(dataset, root, ds_cfg):
-        mpp = rec.mpp if rec.mpp is not None else default_mpp
+        mpp, source = rec.mpp, rec.mpp_source
+        if mpp is None and default_mpp is not None:
+            mpp, source = default_mpp, f"dataset_config.{dataset}.default_mpp"
         convert = bool(rec.source) and Path(rec.source).suffix.lower() in CONVERTIBLE
-        # Converted TIFFs carry the MPP in their resolution tags; the column repeats it (an override would only
-        # matter for a native WSI lacking one, where only a user-given value belongs).
-        table_mpp = mpp if convert or rec.mpp is not None else None
+        # Converted TIFFs carry the MPP in their resolution tags; the column repeats it with its source. For a
+        # native WSI only a per-slide value belongs in the column: the dataset default reaches inspection itself.
+        in_table = mpp is not None and (convert or rec.mpp is not None)
         rows.append({"slide": rec.slide, "patient": rec.patient, "label": rec.label,
                      "path": slide_path(results, dataset, rec), "annotation": annotation_path(results, dataset, rec),
-                     "mpp": "" if table_mpp is None else table_mpp, "exclude": rec.exclude})
+                     "mpp": mpp if in_table else "", "mpp_source": source if in_table else "",
+                     "exclude": rec.exclude})
         plan.append({"slide": rec.slide, "source": rec.source, "annotation_source": rec.annotation_source,
                      "annotation_kind": rec.annotation_kind, "mpp": "" if mpp is None else mpp,
                      "is_tma": rec.is_tma, "convert": convert})

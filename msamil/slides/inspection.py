@@ -1,7 +1,8 @@
 """Inspection: decide, slide by slide, what the rest of the workflow may use (DESIGN.md sections 2, 10).
 
 Each row of the slide table is one inspect job: the slide is opened, its pyramid and MPP checked, its pixels
-decoded once (truncated files open fine and fail later), its tissue detected, and a QC thumbnail drawn. The job
+decoded once (truncated files open fine and fail later), its illumination checked (brightfield only:
+msamil.slides.brightfield), its tissue detected, and a QC thumbnail drawn. The job
 writes a decision file (msamil.slides.outcomes): the slides.tsv row, or the exclusion with a precise reason and a
 fix. One bad slide never stops the others; a dataset with no usable slide is an error at the gather.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from msamil.errors import SlideError
+from msamil.slides.brightfield import NOT_BRIGHTFIELD_FIX, brightfield_problem
 from msamil.slides.outcomes import (
     EXCLUDED_COLUMNS,
     SLIDES_COLUMNS,
@@ -30,13 +32,13 @@ from msamil.slides.outcomes import (
 from msamil.slides.slide import Slide, SlideInfo
 from msamil.slides.slide_table import slide_id_problem
 from msamil.slides.table import read_slide_table
-from msamil.tissue.detect import overlay, qc_mpp, tissue_mask, write_png
+from msamil.tissue.detect import TISSUE_DEFAULTS, overlay, qc_mpp, tissue_mask, write_png
 from msamil.util.atomic import write_tsv
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EXCLUDED_COLUMNS", "SLIDES_COLUMNS", "decide", "inspect_dataset", "inspect_row", "inspect_slide"]
-DEFAULT_TISSUE = {"seg_mpp": 8.0}
+DEFAULT_TISSUE = TISSUE_DEFAULTS
 
 
 @dataclass
@@ -58,6 +60,23 @@ def _parse_override(value: str, slide: str) -> float | None:
                          fix="put the slide's µm/px (e.g. 0.25) in the mpp column or leave it empty") from None
 
 
+def _mpp_provenance(info: SlideInfo, override: float | None, table_source: str) -> str:
+    """Where the slide's MPP came from, as slides.tsv records it.
+
+    The table's `mpp_source` (e.g. `dataset_config.bcnb.default_mpp`) names who gave a table `mpp`: it replaces
+    the bare "override", and when a converted TIFF carries that same value in its tags (conversion wrote it
+    there) the file is not its origin either.
+    """
+    source = str(table_source or "").strip()
+    if not source or override is None:
+        return info.mpp_source
+    if info.mpp_source == "override":
+        return source
+    if abs(info.mpp - override) <= 1e-3 * override:
+        return f"{source} (in the converted TIFF)"
+    return info.mpp_source
+
+
 def _check_label(label: str, classes: list[str] | None, slide: str, dataset: str) -> int:
     """The label's class index; -1 for an unlabelled slide of a prediction table (`classes` None)."""
     if classes is None:
@@ -77,17 +96,17 @@ def _tissue_check(slide: Slide, tissue_cfg: Mapping[str, Any]) -> tuple[np.ndarr
     mask = tissue_mask(slide.image_at_mpp(seg_mpp), seg_mpp, **cfg)
     frac = float(mask.mean())
     if frac == 0.0:
+        threshold = cfg.get("threshold", TISSUE_DEFAULTS["threshold"])
         raise SlideError(
             slide.info.slide,
-            f"no tissue detected (HSV saturation at {seg_mpp:g} µm/px, threshold {cfg.get('threshold', 'otsu')})",
-            fix="check the QC thumbnail; if there is faint tissue, lower tissue.threshold or tissue areas in config",
+            f"no tissue detected (no stain optical density above {threshold:g} at {seg_mpp:g} µm/px)",
+            fix="check the QC thumbnail; if it shows faint tissue, lower threshold / seed_threshold or the "
+                "fragment areas in dataset_config.<ds>.tissue (or tissue: for all datasets)",
         )
     return mask, frac
 
 
-def _draw_qc(slide: Slide, mask: np.ndarray | None, qc_path: Path, caption: str) -> None:
-    info = slide.info
-    thumb = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
+def _draw_qc(thumb: np.ndarray, mask: np.ndarray | None, qc_path: Path, caption: str) -> None:
     if mask is None:
         mask = np.zeros(thumb.shape[:2], dtype=bool)
     write_png(qc_path, overlay(thumb, mask, caption))
@@ -126,15 +145,21 @@ def inspect_slide(
                          fix="correct the annotation column (a QuPath GeoJSON) or leave it empty")
     with Slide.open(path, slide_id, override_mpp=override, default_mpp=default_mpp) as slide:
         slide.verify()
-        info: SlideInfo = slide.info
+        info: SlideInfo = replace(slide.info, mpp_source=_mpp_provenance(slide.info, override,
+                                                                        rec.get("mpp_source", "")))
         caption = f"{slide_id} {rec.get('label', '')} {info.mpp:g}um/px ({info.mpp_source}) {info.magnification:g}x"
+        thumb = slide.image_at_mpp(qc_mpp(info.width, info.height, info.mpp))
+        problem = brightfield_problem(slide, thumb)
+        if problem:
+            _draw_qc(thumb, None, Path(qc_path), caption + " NOT BRIGHTFIELD")
+            raise SlideError(slide_id, f"not a brightfield slide: {problem}", fix=NOT_BRIGHTFIELD_FIX)
         try:
             mask, frac = _tissue_check(slide, tissue_cfg)
         except SlideError:
-            _draw_qc(slide, None, Path(qc_path), caption + " NO TISSUE")
+            _draw_qc(thumb, None, Path(qc_path), caption + " NO TISSUE")
             raise
         slide.verify_tiles(mask, float(tissue_cfg.get("seg_mpp", DEFAULT_TISSUE["seg_mpp"])))
-        _draw_qc(slide, mask, Path(qc_path), caption + f" tissue {100 * frac:.0f}%")
+        _draw_qc(thumb, mask, Path(qc_path), caption + f" tissue {100 * frac:.0f}%")
     if info.levels == 1 and max(info.width, info.height) > 20000:
         log.warning("slide %s: a single-level %dx%d slide (no pyramid): reads at 5x will be slow", slide_id,
                     info.width, info.height)

@@ -24,7 +24,7 @@ from msamil.slides.slide_table import check_unique_ids
 log = logging.getLogger(__name__)
 
 REQUIRED = ("slide", "patient", "label", "path")
-OPTIONAL = ("annotation", "mpp", "exclude")
+OPTIONAL = ("annotation", "mpp", "mpp_source", "exclude")  # mpp_source: who gave `mpp` (registry tables)
 COLUMNS = [*REQUIRED, *OPTIONAL]
 
 

@@ -1,10 +1,15 @@
-"""Tissue detection (DESIGN.md section 5): HSV saturation, median blur, Otsu or fixed threshold, closing, and
-component/hole filtering.
+"""Tissue detection (DESIGN.md section 5): stain optical density against the slide's own glass, hysteresis,
+half-coverage edges, closing, and fragment/hole filtering.
+
+Why this and not saturation + Otsu: faint IHC (light hematoxylin, a few small fragments) is barely saturated and
+Otsu splits whatever is there, so sparse slides lost their tissue while dense H&E looked fine. Here the background
+is measured per slide (msamil.tissue.stain), a pixel counts by how much *coloured* light it absorbs (grey dust,
+bubbles and black borders absorb all colours alike and count for next to nothing), the threshold is never below the
+slide's own glass noise, and fragments are kept by an area relative to the slide's largest piece.
 
 Every size is given in µm or µm² and converted with the image's MPP, so one configuration behaves the same on a 40x
-and a 20x scan. Stained tissue is saturated while glass, whitespace and black scanner borders are not, which is why
-saturation (not brightness) is thresholded. Otsu always finds *some* split, even in pure glass noise, so its
-threshold is floored at `min_saturation`: an empty slide gives an empty mask instead of invented tissue.
+and a 20x scan. Settings come from `tissue:` in config, overridden per dataset by `dataset_config.<ds>.tissue`
+(msamil.tissue.settings).
 """
 
 from __future__ import annotations
@@ -19,12 +24,26 @@ import cv2
 import numpy as np
 
 from msamil.slides.slide import Slide, scaled_size
+from msamil.tissue.stain import NOISE_MARGIN, glass_colour, glass_noise, luma, smooth, stain_od
 from msamil.util.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
-MIN_SATURATION = 20  # glass and whitespace stay below this on HSV saturation (0-255); H&E sits well above
 QC_MAX_PX = 1024  # longest side of QC overlays
+
+#: the tissue settings every stage uses when config gives none (config.yaml mirrors them)
+TISSUE_DEFAULTS: dict[str, Any] = {
+    "seg_mpp": 8.0,
+    "smooth_um": 8.0,
+    "threshold": 0.01,
+    "seed_threshold": 0.04,
+    "close_um": 64.0,
+    "min_fragment_area_um2": 5000.0,
+    "fragment_area_ratio": 0.01,
+    "min_tissue_area_um2": 50000.0,
+    "min_hole_area_um2": 20000.0,
+    "edge_fraction": 0.35,
+}
 
 
 def _odd_kernel(um: float, mpp: float) -> int:
@@ -33,30 +52,6 @@ def _odd_kernel(um: float, mpp: float) -> int:
     if n < 3:
         return 0
     return n if n % 2 else n + 1
-
-
-def saturation(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)[..., 1]
-
-
-def saturation_threshold(sat: np.ndarray, threshold: str | float, min_saturation: float = MIN_SATURATION) -> float:
-    """The saturation level separating tissue from glass: Otsu's (floored at `min_saturation`) or a fixed value."""
-    if isinstance(threshold, str):
-        if threshold != "otsu":
-            raise ValueError(f"tissue.threshold must be 'otsu' or a number in 0..255, got {threshold!r}")
-        otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        return max(float(otsu), float(min_saturation))
-    return float(threshold)
-
-
-def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
-    """Drop 8-connected components smaller than `min_px` pixels."""
-    if min_px <= 1 or not mask.any():
-        return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
-    keep[0] = False
-    return keep[labels]
 
 
 def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
@@ -77,38 +72,98 @@ def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
     return mask | fill[labels]
 
 
+def _hysteresis(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Pixels above `low` that are 8-connected to a pixel above `high` (faint rims of stained fragments stay)."""
+    weak = values > low
+    if not weak.any():
+        return weak
+    n, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    keep[labels[values > high]] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def _refine_edges(mask: np.ndarray, od: np.ndarray, raw: np.ndarray, mpp: float, frac: float, band_px: int,
+                  reach_um: float = 48.0) -> np.ndarray:
+    """Drop boundary pixels whose unsmoothed stain OD is below `frac` of the tissue's own OD nearby.
+
+    A low threshold on a smoothed map finds faint tissue, but around a strongly stained section it also takes the
+    glass the smoothing spread stain into: a halo all around. Comparing each pixel of the outer `band_px` with the
+    mean OD of the tissue within `reach_um` puts the edge where a pixel is at least `frac` covered, for faint and
+    dark tissue alike.
+    """
+    if frac <= 0 or not mask.any():
+        return mask
+    m = mask.astype(np.float32)
+    sigma = max(1.0, 0.5 * reach_um / mpp)
+    num = cv2.GaussianBlur(od * m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+    den = cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+    ref = num / np.maximum(den, 1e-6)
+    k = 2 * max(1, band_px) + 1
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((k, k), np.uint8), borderType=cv2.BORDER_REPLICATE) > 0
+    return mask & ~(~inner & (raw < frac * ref))
+
+
+def fragment_min_area_um2(areas_um2: np.ndarray, floor: float, ratio: float, cap: float) -> float:
+    """The smallest fragment kept: `ratio` of the largest fragment, clamped to [floor, cap] µm².
+
+    A slide holding a whole section drops specks up to `cap` (debris next to a 1 cm² section is not tissue); a
+    sparse biopsy slide whose largest piece is small keeps pieces down to `floor`.
+    """
+    if areas_um2.size == 0:
+        return floor
+    return float(min(cap, max(floor, ratio * float(areas_um2.max()))))
+
+
 def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
     *,
-    median_blur_um: float = 56.0,
-    threshold: str | float = "otsu",
-    close_um: float = 64.0,
-    min_tissue_area_um2: float = 50000.0,
-    min_hole_area_um2: float = 20000.0,
-    min_saturation: float = MIN_SATURATION,
+    smooth_um: float = TISSUE_DEFAULTS["smooth_um"],
+    threshold: float = TISSUE_DEFAULTS["threshold"],
+    seed_threshold: float = TISSUE_DEFAULTS["seed_threshold"],
+    close_um: float = TISSUE_DEFAULTS["close_um"],
+    min_fragment_area_um2: float = TISSUE_DEFAULTS["min_fragment_area_um2"],
+    fragment_area_ratio: float = TISSUE_DEFAULTS["fragment_area_ratio"],
+    min_tissue_area_um2: float = TISSUE_DEFAULTS["min_tissue_area_um2"],
+    min_hole_area_um2: float = TISSUE_DEFAULTS["min_hole_area_um2"],
+    edge_fraction: float = TISSUE_DEFAULTS["edge_fraction"],
     seg_mpp: float | None = None,
 ) -> np.ndarray:
     """Boolean tissue mask of an RGB image whose pixels are `mpp` µm wide.
 
-    `seg_mpp` is accepted (and ignored) so the whole `tissue` config section can be passed as keywords; the caller
-    has already rendered the image at that resolution.
+    Stain optical density against the slide's own glass (msamil.tissue.stain), smoothed over `smooth_um`, is
+    thresholded with hysteresis: pixels above `threshold` (raised to the slide's glass noise when that is higher)
+    belong to tissue when connected to a pixel above `seed_threshold` (at least the threshold). Boundary pixels
+    under `edge_fraction` of the nearby tissue OD are then dropped, the mask closed, fragments below a
+    slide-relative area (`fragment_min_area_um2`) dropped and holes below `min_hole_area_um2` filled. `seg_mpp` is accepted (and ignored) so the whole `tissue` config
+    section can be passed as keywords; the caller has already rendered the image at that resolution.
     """
     del seg_mpp
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
-    sat = saturation(rgb)
-    k = _odd_kernel(median_blur_um, mpp)
-    if k:
-        sat = cv2.medianBlur(sat, k)
-    thr = saturation_threshold(sat, threshold, min_saturation)
-    mask = sat > thr
+    if not float(threshold) > 0:
+        raise ValueError(f"tissue.threshold must be a positive stain OD, got {threshold}")
+    glass, _ = glass_colour(rgb)
+    raw = stain_od(rgb, glass)
+    low = max(float(threshold), NOISE_MARGIN * glass_noise(raw, luma(rgb), glass))
+    od = smooth(raw, smooth_um, mpp)
+    mask = _hysteresis(od, low, max(float(seed_threshold), low))
+    band = int(np.ceil(smooth_um / mpp)) + 1  # how far smoothing can carry stain out of the tissue
+    mask = _refine_edges(mask, od, raw, mpp, float(edge_fraction), band)
     d = _odd_kernel(close_um, mpp)  # odd: an even kernel's off-centre anchor would shift the mask
     if d and mask.any():
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE) > 0
     px_area = mpp * mpp
-    mask = _remove_small(mask, min_tissue_area_um2 / px_area)
+    if mask.any():
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        areas = stats[:, cv2.CC_STAT_AREA] * px_area
+        min_um2 = fragment_min_area_um2(areas[1:], min_fragment_area_um2, fragment_area_ratio, min_tissue_area_um2)
+        keep = areas >= min_um2
+        keep[0] = False
+        mask = keep[labels]
     return _fill_small_holes(mask, min_hole_area_um2 / px_area)
 
 
@@ -279,13 +334,14 @@ def tissue_fraction(mask: np.ndarray) -> float:
 
 
 __all__ = [
+    "TISSUE_DEFAULTS",
+    "fragment_min_area_um2",
     "mask_to_geojson",
     "overlay",
     "qc_mpp",
     "run_tissue",
     "run_tissue_from_decision",
     "tissue_failure",
-    "saturation_threshold",
     "tissue_fraction",
     "tissue_mask",
     "write_png",
