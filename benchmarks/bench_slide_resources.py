@@ -26,8 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 START, END = "<!-- bench_slide_resources:start -->", "<!-- bench_slide_resources:end -->"
-TISSUE = {"seg_mpp": 8.0, "median_blur_um": 56, "threshold": "otsu", "min_saturation": 20, "close_um": 64,
-          "min_tissue_area_um2": 50000, "min_hole_area_um2": 20000}
+TISSUE = {"seg_mpp": 8.0}  # msamil.tissue.detect.TISSUE_DEFAULTS otherwise
 CACHE = {"mpp_20x": 0.5, "patch_px": 256, "tissue_min": {"20x": 0.5, "10x": 0.25, "5x": 0.1}, "encoding": "jpeg",
          "jpeg_quality": 90}
 

@@ -138,7 +138,8 @@ for _name in PREDICT:
 
 def dataset_tissue(dataset):
     """Tissue settings of a dataset: the code defaults, `tissue:`, then dataset_config.<ds>.tissue key by key
-    (msamil.tissue.settings). A prediction set uses those of the dataset whose models it applies."""
+    (msamil.tissue.settings). A prediction set uses those of the dataset whose models it applies.
+    """
     from msamil.tissue.settings import tissue_settings
 
     name = predict_name(dataset)

@@ -28,8 +28,8 @@ from msamil.slides.outcomes import (
 from msamil.slides.synthetic import write_synthetic_slide
 from msamil.tissue.detect import run_tissue_from_decision
 
-TISSUE = {"seg_mpp": 8.0, "median_blur_um": 56, "threshold": "otsu", "min_saturation": 20, "close_um": 64,
-          "min_tissue_area_um2": 50000, "min_hole_area_um2": 20000}
+TISSUE = {"seg_mpp": 4.0, "smooth_um": 8.0, "close_um": 32.0, "min_fragment_area_um2": 1000.0,
+          "min_tissue_area_um2": 1000.0, "min_hole_area_um2": 500.0}  # small test slides (as in test_inspect)
 CACHE_KW = {"mpp_20x": 0.5, "patch_px": 32, "tissue_min": {"20x": 0.5, "10x": 0.25, "5x": 0.1},
             "encoding": "raw", "jpeg_quality": 90}
 SIZES = {"width": 1024, "height": 768, "tile_size": 128, "jpeg_quality": 85, "mpp": 0.5}

@@ -27,7 +27,7 @@ def test_csv_and_tsv_give_the_same_rows_with_paths_resolved_against_the_table(tm
     assert "column(s) ['notes'] are not used" in caplog.text  # names are case-insensitive; unknown ones reported
     assert row_dicts(tsv)["a1"] == {"slide": "a1", "patient": "P1", "label": "tumour",
                                    "path": str(tmp_path / "cohort" / "scans" / "a1.svs"), "annotation": "",
-                                   "mpp": "", "exclude": ""}
+                                   "mpp": "", "mpp_source": "", "exclude": ""}
 
 
 def test_a_relative_table_keeps_workdir_relative_paths(tmp_path, monkeypatch):
