@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_RULES = {"train", "baseline", "lesion_train", "lesion_infer", "features"}
+GPU_RULES = {"train", "baseline", "lesion_train", "lesion_infer"}
 
 
 def _snakemake() -> str:

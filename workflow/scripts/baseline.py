@@ -4,7 +4,6 @@ from msamil.baselines.run import run_baseline
 from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
-    features = getattr(snakemake.input, "features", None)
     run_baseline(
         config=dict(snakemake.params.config),
         dataset=snakemake.wildcards.dataset,
@@ -13,7 +12,6 @@ with log_to(snakemake.log[0]):
         slides_tsv=snakemake.input.slides,
         folds_tsv=snakemake.input.folds,
         cache_paths=list(snakemake.input.caches),
-        feature_paths=list(features) if features is not None else None,
         run_dir=snakemake.params.run_dir,
         threads=snakemake.threads,
         resources=dict(snakemake.resources.items()),
