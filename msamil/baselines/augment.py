@@ -89,6 +89,7 @@ def colour_jitter(x: torch.Tensor, strength: float | Sequence[float], generator:
         return x
     n = x.shape[0]
     apply = _coin(n, p, generator)
+    original = x
 
     def factor(k: float) -> torch.Tensor:
         f = 1 + k * (2 * torch.rand(n, generator=generator) - 1)
@@ -103,7 +104,7 @@ def colour_jitter(x: torch.Tensor, strength: float | Sequence[float], generator:
     if h > 0:
         turns = torch.where(apply, h * (2 * torch.rand(n, generator=generator) - 1), torch.zeros(n))
         x = hue_rotate(x, turns.to(x.device, x.dtype))
-    return x
+    return torch.where(apply.to(x.device).view(n, 1, 1, 1), x, original)  # untouched samples stay bit-exact
 
 
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
