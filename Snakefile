@@ -8,6 +8,7 @@ from snakemake.utils import min_version
 # The msamil package sits next to this Snakefile: importable even where Snakemake runs outside .venv.
 sys.path.insert(0, workflow.basedir)
 from msamil.config import dump_config, replaced_sections  # noqa: E402
+
 # Rule scripts import msamil from this checkout too, whichever conda env (or cluster node) runs them.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
@@ -53,6 +54,7 @@ rule all:
     input:
         expand("results/{dataset}/slides.tsv", dataset=config["datasets"]),
         final_targets,
+
 
 # MSAMIL_DUMP_CONFIG=resolved.json snakemake -n ...: the config every rule sees (after config files, --config and
 # the schema's defaults), to check what a preset or user config resolves to.
