@@ -20,6 +20,7 @@ from torch import nn
 
 from msamil.baselines import run as baseline_run
 from msamil.baselines.run import matched_budgets, msamil_views, run_baseline
+from msamil.models.backbone import state_fingerprint
 from msamil.models.batchnorm import batchnorm_layers, estimate_batchnorm
 from msamil.training import trainer as trainer_mod
 from msamil.training.trainer import run_training
@@ -146,19 +147,37 @@ def test_every_method_kind_starts_from_the_same_backbone_weights(runs):
     assert len({rec["eff"]["backbone_init_sha256"] for rec in record.values()}) == 1
 
 
-def test_initial_backbone_differs_between_seeds_and_folds_alike_for_every_kind(ds, runs, tmp_path):
-    cfg0, record = runs
+class _Stop(Exception):
+    """Raised by the spy once the initial backbone is recorded: the rest of the run is not needed."""
+
+
+def initial_backbone_hash(ds, cfg, method: str, fold: int, out: Path, monkeypatch) -> str:
+    """The initial backbone hash of a method's run through its real code path, stopping the run right there."""
+    seen: list[str] = []
+
+    def stop(backbone):
+        seen.append(state_fingerprint(backbone))
+        raise _Stop
+
+    for module in (trainer_mod, baseline_run):
+        monkeypatch.setattr(module, "state_fingerprint", stop)
+    with pytest.raises(_Stop):
+        run_method(ds, cfg, method, fold, out)
+    return seen[0]
+
+
+def test_initial_backbone_differs_between_seeds_and_folds_alike_for_every_kind(ds, runs, tmp_path, monkeypatch):
+    _, record = runs
     init0 = record["abmil"]["eff"]["backbone_init_sha256"]
-    other: dict[tuple[int, int], set[str]] = {}
-    for seed, fold in ((1, 0), (0, 1)):
+    other = {}
+    for seed, fold in ((0, 0), (1, 0), (0, 1)):
         cfg = tiny_config(ds["classes"], seed=seed)
-        for method in ("msamil", "abmil"):
-            eff = json.loads((run_method(ds, cfg, method, fold, tmp_path / f"{method}{seed}{fold}")
-                              / "efficiency.json").read_text())
-            other.setdefault((seed, fold), set()).add(eff["backbone_init_sha256"])
-    for key, hashes in other.items():
-        assert len(hashes) == 1, key  # the trainer and a baseline agree on the other seed or fold too
-        assert init0 not in hashes, key  # and it is another initialisation
+        other[(seed, fold)] = {initial_backbone_hash(ds, cfg, m, fold, tmp_path / f"{m}{seed}{fold}", monkeypatch)
+                               for m in KINDS}
+    assert other[(0, 0)] == {init0}  # the early stop sees what the full runs recorded
+    for key in ((1, 0), (0, 1)):
+        assert len(other[key]) == 1, key  # every kind agrees on the other seed or fold too
+        assert init0 not in other[key], key  # and it is another initialisation
     assert other[(1, 0)] != other[(0, 1)]
 
 
