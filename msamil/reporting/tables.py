@@ -373,7 +373,13 @@ def efficiency_table(out_dir: str | Path, eff: pd.DataFrame, methods: Sequence[s
     table.insert(2, "label", table["method"].map(lambda m: labels.get(m, m)))
     names = {**EFFICIENCY_FIELDS, "views_vs_msamil": "Views / MsaMIL-Net"}
     columns = [("", names[f]) for f in EFFICIENCY_SHOWN] + [("", "Device"), ("", "Note")]
-    rows = [[r.dataset, r.label] + [num_text(getattr(r, f)) for f in EFFICIENCY_SHOWN] + [r.device, r.note]
+    counts = ("backbone_steps", "backbone_patch_views")  # whole numbers (means over folds, rounded)
+
+    def cell(r: Any, f: str) -> str:
+        value = getattr(r, f)
+        return f"{float(value):.0f}" if f in counts and np.isfinite(float(value)) else num_text(value)
+
+    rows = [[r.dataset, r.label] + [cell(r, f) for f in EFFICIENCY_SHOWN] + [r.device, r.note]
             for r in table.itertuples()]
     write_formats(out_dir, "efficiency", table, ["Dataset", "Method"], columns, rows,
                   caption="efficiency and budget per method: means over folds")
