@@ -1,18 +1,48 @@
-"""Config helpers that several stages share: physical scales and per-method settings."""
+"""Config helpers that several stages share: physical scales, per-method settings, and how a run's config is
+resolved from config files (README "Configuration")."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 SCALES = ("20x", "10x", "5x")
 SCALE_FACTOR = {"20x": 1, "10x": 2, "5x": 4}  # physical size relative to 20x; exact, so grids nest
 WEIGHTS_CACHE = "resources/weights"  # default model.weights_cache (msamil.models.weights)
+
+
+# Top-level keys that the last source naming them sets exactly (not merged key by key): a user config that lists
+# its methods gets exactly those methods.
+REPLACED_KEYS = ("methods",)
+
+
+def replaced_sections(configfiles: Sequence[str | os.PathLike[str]],
+                      cli_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{key: value} for REPLACED_KEYS, taken from the last config file naming the key, or from --config.
+
+    Snakemake merges config files and --config key by key, so a later file listing two methods would still run
+    every method of the earlier one; the Snakefile sets these keys back to what the last source says.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for path in configfiles or ():
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        out.update({k: copy.deepcopy(data[k]) for k in REPLACED_KEYS if k in data})
+    out.update({k: copy.deepcopy(cli_config[k]) for k in REPLACED_KEYS if cli_config and k in cli_config})
+    return out
+
+
+def dump_config(config: Mapping[str, Any], path: str | os.PathLike[str] | None) -> None:
+    """Write the resolved config as JSON to `path` (no-op when None): the Snakefile's MSAMIL_DUMP_CONFIG hook."""
+    if path:
+        Path(path).write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def scale_mpp(scale: str, mpp_20x: float = 0.5) -> float:

@@ -83,6 +83,7 @@ rule tables:
         scales=config["scales"],
         bootstrap_resamples=config.get("report", {}).get("bootstrap_resamples", 5000),
         bootstrap_seed=config.get("report", {}).get("bootstrap_seed", 0),
+        pretrained=bool(config["model"].get("pretrained", False)),
     script:
         "../workflow/scripts/tables.py"
 

@@ -1,33 +1,10 @@
 # rules for the baselines stage (see docs/CONTRACT.md): two-stage ABMIL, DINO + ABMIL and ICMIL + ABMIL on the
 # same folds, backbone and initialisation as MsaMIL-Net. Outputs sit next to the MsaMIL-Net runs
 # (runs/{method}/fold{k}/); the method wildcard only matches baseline kinds, so the two never clash.
+# Features are computed inside each run, not per slide: their BatchNorm statistics come from the fold's training
+# slides (DESIGN.md section 7), so they differ between folds, and one GPU job per slide would mostly pay start-up.
 
 BASELINE_KINDS = ("abmil", "dino_abmil", "icmil_abmil")
-
-
-rule features:
-    input:
-        cache=CACHE,
-    output:
-        h5=f"{RESULTS}/{{dataset}}/features/base/{{slide}}.h5",
-    log:
-        log_path("features", "{dataset}", "{slide}"),
-    benchmark:
-        bench_path("features", "{dataset}", "{slide}")
-    conda:
-        "../envs/torch.yaml"
-    threads: TORCH_THREADS
-    resources:
-        gpu=GPU_PER_JOB,
-        mem_mb=lambda wc, attempt: 4000 * attempt,
-        runtime=lambda wc, attempt: 30 * attempt,
-    params:
-        model=config["model"],
-        seed=config["seed"],
-        chunk=config.get("baselines", {}).get("feature_chunk", 64),
-        device=config.get("device", "auto"),
-    script:
-        "../workflow/scripts/features.py"
 
 
 rule baseline:

@@ -201,19 +201,10 @@ def train_inputs(wildcards):
     return inputs
 
 
-def uses_base_features(method):
-    """abmil and ICMIL's round 0 start from the config backbone itself: reuse its fold-independent features."""
-    spec = config["methods"][method]
-    return spec["kind"] in ("abmil", "icmil_abmil") and not spec.get("model")
-
-
 def baseline_inputs(wildcards):
-    inputs = run_common_inputs(wildcards)
-    if uses_base_features(wildcards.method):
-        inputs["features"] = per_slide(
-            f"{RESULTS}/{{dataset}}/features/base/{{slide}}.h5"
-        )(wildcards)
-    return inputs
+    """Slide manifest and folds: each baseline run extracts its own (fold-dependent) features from the caches
+    slides.tsv lists."""
+    return run_common_inputs(wildcards)
 
 
 def run_config(wildcards):

@@ -36,6 +36,8 @@ FAKE_METHODS = {
 }
 # How separable each method's fake probabilities are, so the tables have a clear (testable) best.
 QUALITY = {"msamil": 1.8, "abmil": 0.6, "dino_abmil": 1.0, "icmil_abmil": 0.8}
+# backbone patch-views per run (efficiency.json budget); other methods get 10000, MsaMIL-Net's
+BACKBONE_VIEWS = {"abmil": 0, "msamil_frozen": 0, "icmil_abmil": 3000}
 WIDTH, HEIGHT, MPP, PATCH_PX, MPP_20X = 2048, 1536, 0.5, 64, 0.5
 SEG_MPP = 8.0
 F20 = round(PATCH_PX * MPP_20X / MPP)
@@ -207,7 +209,9 @@ def _write_run(run: Path, method: str, slides: list[str], labels: np.ndarray, cl
     (run / "metrics.json").write_text(json.dumps({"acc": 0.0, "balanced_acc": 0.0, "macro_f1": 0.0, "auc": 0.0,
                                                   "n": len(slides)}))
     patches = 900.0 if method == "msamil_no_sffm" else 120.0
+    views = BACKBONE_VIEWS.get(method, 10000)
     (run / "efficiency.json").write_text(json.dumps({
+        "backbone_steps": views // 100, "backbone_patch_views": views, "wall_s": 60 + rng.uniform(0, 10),
         "patches_per_slide": patches + rng.normal(0, 5), "seconds_per_epoch": 3.0 + rng.uniform(0, 1),
         "train_patches_per_s": 400 + rng.uniform(0, 100), "infer_patches_per_s": 1500 + rng.uniform(0, 100),
         "peak_mem_mb": 800 + rng.uniform(0, 100), "device": "cpu"}))

@@ -76,8 +76,8 @@ def test_every_gpu_rule_script_hands_its_resources_to_msamil() -> None:
     """Otherwise a job holding a GPU could not know it and would fall back to the CPU silently."""
     checked = []
     for rule in workflow_rules():
-        if "gpu" not in rule["resources"] or not rule["script"] or rule["name"] == "features":
-            continue  # (features: the per-slide rule on its way out, issue 14)
+        if "gpu" not in rule["resources"] or not rule["script"]:
+            continue
         assert "resources=dict(snakemake.resources.items())" in Path(rule["script"]).read_text(), rule["name"]
         checked.append(rule["name"])
     assert {"train", "baseline", "lesion_train", "lesion_infer"} <= set(checked)

@@ -36,15 +36,16 @@ from msamil.util.atomic import DiskFullError, atomic_path, stale_temporaries, wr
 REPO = Path(__file__).resolve().parents[1]
 DECLARED = ("predictions.tsv", "metrics.json", "efficiency.json", "best.pt", "last.pt", "train_log.tsv",
             "attention.h5")  # rules/train.smk's outputs: Snakemake deletes them before a rerun
-EPOCHS, BEST = 5, 3  # with seed 0 the uninterrupted run's best epoch is 3: kills land before, at and after it
+EPOCHS, BEST = 5, 3  # with seed 2 and lr 0.05 the uninterrupted run's best epoch is 3: kills land around it
+# (at the default lr the tiny run improves every epoch, so its best is the last one and no kill lands after it)
 DS = {"source": "local", "classes": ["benign", "malignant"], "default_mpp": None}
 TISSUE = {"seg_mpp": 4.0, "smooth_um": 8.0, "close_um": 32.0, "min_fragment_area_um2": 1000.0,
           "min_tissue_area_um2": 1000.0, "min_hole_area_um2": 500.0}  # small test slides (as in test_inspect)
 
 
 def _config() -> dict:
-    cfg = tiny_config(epochs=EPOCHS)
-    cfg["seed"] = 0
+    cfg = tiny_config(epochs=EPOCHS, lr=0.05)
+    cfg["seed"] = 2
     return cfg
 
 

@@ -140,7 +140,7 @@ def test_main_and_ablation_split_methods_with_labels(built):
     assert f"95 % percentile intervals from {stats.N_RESAMPLES} bootstrap resamples stratified by class" in caption
     assert labels["msamil_no_sffm"] == "no SFFM (all tissue)"
     assert labels["msamil_gated_pool"] == "gated attention instead of DMQ"
-    assert labels["msamil_frozen"] == "frozen backbone (two-stage)"
+    assert labels["msamil_frozen"] == "frozen backbone (two-stage, BN calibrated)"
     assert "no MHE" in (out / "ablation.md").read_text()
 
 
@@ -166,8 +166,25 @@ def test_efficiency_and_sffm_tables(built):
     eff = pd.read_csv(out / "efficiency.tsv", sep="\t").set_index(["dataset", "method"])
     assert eff.loc[("synthetic", "msamil_no_sffm"), "patches_per_slide"] > 3 * eff.loc[("synthetic", "msamil"),
                                                                                          "patches_per_slide"]
-    for field in ("seconds_per_epoch", "train_patches_per_s", "infer_patches_per_s", "peak_mem_mb"):
+    for field in ("seconds_per_epoch", "train_patches_per_s", "infer_patches_per_s", "peak_mem_mb",
+                  "backbone_steps", "backbone_patch_views", "wall_s"):
         assert eff[field].notna().all()
+    # the budget of every method, its share of MsaMIL-Net's backbone patch-views and a note where it is < 1/2
+    header, rows = md_rows(out / "efficiency.md")
+    for column in ("Backbone steps", "Backbone patch-views", "Views / MsaMIL-Net", "Wall (s)", "Peak mem. (MB)",
+                   "Note"):
+        assert column in header
+    md = {(r[0], r[1]): dict(zip(header, r, strict=True)) for r in rows}
+    label = {m: method_label(m, tree.methods[m]) for m in tree.methods}
+    assert len(md) == len(eff)  # every method of every dataset has a row
+    for (dataset, method), rec in eff.iterrows():
+        note = md[(dataset, label[method])]["Note"]
+        if method in ("abmil", "msamil_frozen"):
+            assert rec["views_vs_msamil"] == 0 and note.startswith("frozen backbone")
+        elif method == "icmil_abmil":
+            assert rec["views_vs_msamil"] == pytest.approx(0.3) and "< 0.5 x MsaMIL-Net" in note
+        else:
+            assert rec["views_vs_msamil"] == pytest.approx(1.0) and note == ""
     sffm = pd.read_csv(out / "sffm.tsv", sep="\t").set_index(["dataset", "scale"])
     kept, tissue = [], []
     for fold in tree.folds:
@@ -183,8 +200,16 @@ def test_efficiency_and_sffm_tables(built):
 
 def test_method_label_from_switches():
     assert method_label("msamil") == "MsaMIL-Net"
-    assert method_label("dino_abmil", {"kind": "dino_abmil"}) == "DINO + ABMIL (two-stage)"
-    assert method_label("abmil_big", {"kind": "abmil"}) == "ABMIL (abmil_big)"
+    assert method_label("dino_abmil", {"kind": "dino_abmil"}) == "DINO + ABMIL (DINO features, BN calibrated)"
+    assert method_label("icmil_abmil", {"kind": "icmil_abmil"}) == \
+        "ICMIL + ABMIL (ICMIL-tuned features, BN calibrated)"
+    # what ABMIL's frozen features are follows the backbone's initialisation (config or the method's override)
+    assert method_label("abmil", {"kind": "abmil"}, pretrained=False) == \
+        "ABMIL on frozen random-init features (BN calibrated)"
+    assert method_label("abmil_big", {"kind": "abmil"}, pretrained=True) == \
+        "ABMIL on frozen ImageNet features (BN calibrated) (abmil_big)"
+    assert method_label("abmil", {"kind": "abmil", "model": {"pretrained": False}}, pretrained=True) == \
+        "ABMIL on frozen random-init features (BN calibrated)"
     assert method_label("msamil_two", {"kind": "msamil", "scales": ["20x", "5x"]}) == "20x + 5x only"
     assert method_label("msamil_x", {"kind": "msamil", "mhe": False, "sffm": False}) == \
         "no SFFM (all tissue), no MHE"

@@ -91,9 +91,12 @@ def test_dry_run_plans_a_local_fetch(tmp_path: Path) -> None:
     compute node)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["model"].update(pretrained=True, weights_cache="weights")
-    cfg["methods"]["msamil_vit"] = {"kind": "msamil", "model": {"backbone": "test_vit"}}
+    # a ViT does not take the demo CNN's output_stride: the method's model override replaces backbone_kwargs
+    cfg["methods"]["msamil_vit"] = {"kind": "msamil", "model": {"backbone": "test_vit", "backbone_kwargs": {}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([_snakemake(), "weights/test_efficientnet.pt", "weights/test_vit.pt", "-n",
+    cnn = cached_weights(cfg["model"])
+    assert cnn is not None and cnn.name.startswith("test_efficientnet-")  # named by its kwargs' hash
+    done = subprocess.run([_snakemake(), str(cnn), "weights/test_vit.pt", "-n",
                            "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"),
                            "--configfile", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

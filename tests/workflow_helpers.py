@@ -31,7 +31,9 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 def write_config(workdir: Path, overrides: dict[str, Any] | None = None,
                  replace: tuple[str, ...] = ("methods",)) -> Path:
-    """The default config with `overrides` merged in; top-level keys in `replace` are replaced, not merged."""
+    """A complete config file: the default config with `overrides` merged in (top-level keys in `replace` are
+    replaced, not merged). Complete, because a config file given to the workflow is its whole config (config.yaml
+    is read only without --configfile; README "Configuration")."""
     overrides = overrides or {}
     cfg = deep_update(load_default_config(), {k: v for k, v in overrides.items() if k not in replace})
     cfg.update({k: overrides[k] for k in replace if k in overrides})
@@ -44,7 +46,7 @@ def snakemake(workdir: Path, config: Path, *args: str, timeout: int = 1500,
               check: bool = False) -> subprocess.CompletedProcess[str]:
     """`snakemake -s <repo>/Snakefile -d workdir --configfile config ...`, output captured."""
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(config),
-           "--workflow-profile", "none", "--replace-workflow-config", *args]
+           "--workflow-profile", "none", *args]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

@@ -1,14 +1,21 @@
-"""Batched, per-sample histology augmentations in plain torch (runs on the GPU next to the model).
+"""Batched, per-sample augmentations in plain torch (runs on the GPU next to the model).
 
 Every sample gets its own random resized crop, flips and 90-degree rotation in one `affine_grid`/`grid_sample`
-call (tissue has no canonical orientation), then mild brightness/contrast/saturation jitter. Hue is left alone:
-stain colours carry meaning and hue jitter makes non-physical tissue.
+call (tissue has no canonical orientation). DINO's photometric set (Caron et al. 2021, reference/baselines.md
+section 2.1) follows: colour jitter (brightness, contrast, saturation, hue) with p = 0.8, grayscale, Gaussian
+blur and solarisation, each applied per sample with its probability. `DINO_VIEWS` fixes which view gets which
+probability: blur 1.0 on global crop 1, 0.1 on global crop 2 (plus solarisation 0.2), 0.5 on local crops.
+Blur sigmas are given for a 224 px view and scaled to the view's size, so a small demo view is blurred as much,
+relative to its content, as DINO blurs a 224 px crop. Hue is a YIQ chroma rotation (an approximation of HSV hue),
+kept small in our configs because stain colours carry meaning.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,27 +72,117 @@ def random_geometry(x: torch.Tensor, out_px: int, scale: Sequence[float], genera
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator, p: float = 0.8) -> torch.Tensor:
-    """Mild per-sample brightness, contrast and saturation jitter (factors in 1 +- strength), with probability p."""
-    if strength <= 0:
+def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample Bernoulli(p) mask (CPU bool tensor)."""
+    return torch.rand(n, generator=generator) < p
+
+
+def colour_jitter(x: torch.Tensor, strength: float | Sequence[float], generator: torch.Generator,
+                  p: float = 0.8) -> torch.Tensor:
+    """Per-sample brightness, contrast, saturation (factors in 1 +- s) and hue (rotation by +- h turns) jitter,
+    all four applied together with probability p (torchvision's RandomApply(ColorJitter)).
+
+    `strength` is (brightness, contrast, saturation, hue) or one number s, meaning (s, s, s, 0).
+    """
+    b, c, s, h = (float(strength),) * 3 + (0.0,) if isinstance(strength, int | float) else map(float, strength)
+    if max(b, c, s, h) <= 0:
         return x
     n = x.shape[0]
+    apply = _coin(n, p, generator)
+    original = x
 
-    def factor() -> torch.Tensor:
-        f = 1 + strength * (2 * torch.rand(n, generator=generator) - 1)
-        keep = torch.rand(n, generator=generator) >= p
-        return torch.where(keep, torch.ones(n), f).to(x.device, x.dtype).view(n, 1, 1, 1)
+    def factor(k: float) -> torch.Tensor:
+        f = 1 + k * (2 * torch.rand(n, generator=generator) - 1)
+        return torch.where(apply, f, torch.ones(n)).to(x.device, x.dtype).view(n, 1, 1, 1)
 
     weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    x = x * factor()
+    x = (x * factor(b)).clamp(0.0, 1.0)
     gray_mean = (x * weights).sum(1, keepdim=True).mean(dim=(-2, -1), keepdim=True)
-    x = (x - gray_mean) * factor() + gray_mean
+    x = ((x - gray_mean) * factor(c) + gray_mean).clamp(0.0, 1.0)
     gray = (x * weights).sum(1, keepdim=True)
-    x = (x - gray) * factor() + gray
-    return x.clamp_(0.0, 1.0)
+    x = ((x - gray) * factor(s) + gray).clamp(0.0, 1.0)
+    if h > 0:
+        turns = torch.where(apply, h * (2 * torch.rand(n, generator=generator) - 1), torch.zeros(n))
+        x = hue_rotate(x, turns.to(x.device, x.dtype))
+    return torch.where(apply.to(x.device).view(n, 1, 1, 1), x, original)  # untouched samples stay bit-exact
 
 
-def augment(x: torch.Tensor, out_px: int, scale: Sequence[float], generator: torch.Generator,
-            jitter: float = 0.0) -> torch.Tensor:
-    """[0, 1] images -> one normalised augmented view (crop, flips, rotation, optional colour jitter)."""
-    return normalize(colour_jitter(random_geometry(x, out_px, scale, generator), jitter, generator))
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def hue_rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate each sample's chroma (I, Q of YIQ) by `turns` (N,) full turns; luminance is unchanged."""
+    m = _RGB2YIQ.to(x.device, x.dtype)
+    yiq = torch.einsum("ij,njhw->nihw", m, x)
+    ang = 2 * math.pi * turns
+    cos, sin = torch.cos(ang).view(-1, 1, 1), torch.sin(ang).view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(m), yiq).clamp(0.0, 1.0)
+
+
+def grayscale(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """With probability p per sample, replace RGB by its luminance (three equal channels)."""
+    apply = _coin(x.shape[0], p, generator).to(x.device).view(-1, 1, 1, 1)
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return torch.where(apply, (x * weights).sum(1, keepdim=True).expand_as(x), x)
+
+
+def gaussian_blur(x: torch.Tensor, p: float, generator: torch.Generator,
+                  sigma: Sequence[float] = (0.1, 2.0), ref_px: int = 224) -> torch.Tensor:
+    """With probability p per sample, a Gaussian blur with sigma ~ U(sigma) px of a `ref_px` view, scaled to x."""
+    n, _, height, width = x.shape
+    apply = _coin(n, p, generator)
+    scale = width / float(ref_px)
+    sig = (float(sigma[0]) + (float(sigma[1]) - float(sigma[0])) * torch.rand(n, generator=generator)) * scale
+    if not apply.any():
+        return x
+    radius = max(1, math.ceil(3 * float(sig.max())))
+    radius = min(radius, (min(height, width) - 1) // 2) or 1
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kern = torch.exp(-0.5 * (t.view(1, -1) / sig.clamp_min(1e-3).view(-1, 1)) ** 2)
+    kern = (kern / kern.sum(1, keepdim=True)).to(x.device, x.dtype)
+    c = x.shape[1]
+    w = kern.repeat_interleave(c, dim=0)  # (n*c, K): one kernel per sample and channel
+    flat = x.reshape(1, n * c, height, width)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), w.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), w.view(n * c, 1, -1, 1), groups=n * c)
+    return torch.where(apply.to(x.device).view(-1, 1, 1, 1), flat.view_as(x), x)
+
+
+def solarize(x: torch.Tensor, p: float, generator: torch.Generator, threshold: float = 0.5) -> torch.Tensor:
+    """With probability p per sample, invert every value >= threshold (PIL's solarize at 128)."""
+    apply = _coin(x.shape[0], p, generator).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(apply & (x >= threshold), 1.0 - x, x)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Probabilities of DINO's photometric augmentations for one kind of view."""
+
+    blur: float
+    solarize: float = 0.0
+    jitter: float = 0.8
+    grayscale: float = 0.2
+
+
+# DINO's DataAugmentationDINO: global crop 1, global crop 2, every local crop.
+DINO_VIEWS = {"global1": ViewSpec(blur=1.0), "global2": ViewSpec(blur=0.1, solarize=0.2), "local": ViewSpec(blur=0.5)}
+
+
+def dino_view(x: torch.Tensor, out_px: int, scale: Sequence[float], spec: ViewSpec, generator: torch.Generator,
+              cfg: dict[str, Any]) -> torch.Tensor:
+    """[0, 1] images -> one normalised DINO view: crop/flip/rotate, jitter, grayscale, blur, solarise.
+
+    `cfg` holds `colour_jitter` (brightness/contrast strength; saturation gets half, as DINO's 0.4/0.4/0.2),
+    `hue_jitter` and `blur_sigma`; the probabilities are the spec's.
+    """
+    s = float(cfg.get("colour_jitter", 0.4))
+    x = random_geometry(x, out_px, scale, generator)
+    x = colour_jitter(x, (s, s, s / 2, float(cfg.get("hue_jitter", 0.0))), generator, p=spec.jitter)
+    x = grayscale(x, spec.grayscale, generator)
+    x = gaussian_blur(x, spec.blur, generator, cfg.get("blur_sigma", (0.1, 2.0)))
+    if spec.solarize > 0:
+        x = solarize(x, spec.solarize, generator)
+    return normalize(x)
+

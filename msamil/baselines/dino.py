@@ -4,7 +4,8 @@ Student and teacher share one architecture (pooled backbone + DINO head); the te
 EMA of the student (cosine momentum schedule to 1). What keeps it from collapsing: centering of the teacher output
 (momentum 0.9), sharpening with a low teacher temperature (warmed up per iteration), and the frozen last layer in
 the first epoch. Multi-crop: 2 global crops (the backbone's input size) seen by both networks and n local crops
-(scaled from DINO's 96/224 ratio) seen by the student only. After pretraining the *teacher* backbone embeds the
+(scaled from DINO's 96/224 ratio) seen by the student only, with DINO's full augmentation set
+(msamil.baselines.augment.DINO_VIEWS: colour jitter, grayscale, blur 1.0 / 0.1 + solarisation / 0.5). After pretraining the *teacher* backbone embeds the
 patches for ABMIL, as in the DINO repository's downstream evaluation.
 """
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from msamil.baselines.augment import augment, to_unit
+from msamil.baselines.augment import DINO_VIEWS, dino_view, to_unit
 from msamil.baselines.features import PooledBackbone, Throughput, autocast
 from msamil.baselines.sampling import PatchSampler
 
@@ -36,7 +37,7 @@ DINO_DEFAULTS: dict[str, Any] = {
     "local_scale": [0.05, 0.4], "teacher_temp": [0.04, 0.07], "warmup_teacher_temp_epochs": 1.0,
     "student_temp": 0.1, "momentum": [0.996, 1.0], "center_momentum": 0.9, "lr": 5e-4, "min_lr": 1e-6,
     "warmup_epochs": 1.0, "weight_decay": [0.04, 0.4], "clip_grad": 3.0, "freeze_last_layer": 1,
-    "colour_jitter": 0.2,
+    "colour_jitter": 0.4, "hue_jitter": 0.0, "blur_sigma": [0.1, 2.0],
 }
 
 
@@ -213,7 +214,6 @@ def dino_pretrain(backbone: nn.Module, sampler: PatchSampler, *, input_px: int,
                                      min(total, int(round(float(cfg["warmup_teacher_temp_epochs"]) * ipe))), total)
     n_local = int(cfg["n_local_crops"])
     lpx = local_crop_px(input_px, cfg["local_px"])
-    jitter = float(cfg["colour_jitter"])
     result = DINOResult(teacher=teacher, student=student)
     student.train()
     teacher.train()  # BN uses batch statistics and keeps its own running stats for the later eval-mode extraction
@@ -224,8 +224,9 @@ def dino_pretrain(backbone: nn.Module, sampler: PatchSampler, *, input_px: int,
         for _ in tqdm(range(ipe), desc=f"dino epoch {epoch}", unit="it"):
             imgs, _slides = sampler.batch(bs)
             x = to_unit(imgs, input_px, device)
-            globals_ = [augment(x, input_px, cfg["global_scale"], gen, jitter) for _ in range(2)]
-            locals_ = [augment(x, lpx, cfg["local_scale"], gen, jitter) for _ in range(n_local)]
+            globals_ = [dino_view(x, input_px, cfg["global_scale"], DINO_VIEWS[v], gen, cfg)
+                        for v in ("global1", "global2")]
+            locals_ = [dino_view(x, lpx, cfg["local_scale"], DINO_VIEWS["local"], gen, cfg) for _ in range(n_local)]
             for g in opt.param_groups:
                 g["lr"] = lr_sched[it]
             opt.param_groups[0]["weight_decay"] = wd_sched[it]

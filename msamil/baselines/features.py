@@ -1,29 +1,26 @@
 """Frozen-backbone features of every tissue 20x patch of a slide: the first stage of the two-stage baselines.
 
-The backbone is `msamil.models.backbone.create_backbone` with the config seed, i.e. the very initialisation MsaMIL-Net
-starts from, and its feature map is global-average-pooled. Feature files follow CLAM's layout (`features` (N, C)
-float32, `coords` (N, 2) int64 with attrs `patch_level`, `patch_size`) so CLAM-based tools read them unchanged.
+The backbone is `msamil.models.backbone.create_backbone` with the fold's shared "backbone" seed, i.e. the very
+initialisation MsaMIL-Net starts from, its BatchNorm statistics calibrated on the fold's training slides
+(msamil.models.batchnorm) by the caller, and its feature map is global-average-pooled. Features depend on the
+fold, so they are computed inside each baseline run (msamil.baselines.run) and kept in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from msamil.cache.access import open_cache
-from msamil.models.backbone import create_backbone, select_device, to_input
-from msamil.util.atomic import atomic_path
+from msamil.models.backbone import autocast, to_input
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +74,6 @@ class PooledBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_features(self.backbone(x), self.n_prefix)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA only: CPU bf16 is slow on most CPUs and the demo runs there."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -146,39 +136,3 @@ def extract_slides(embedder: nn.Module, cache_paths: Mapping[str, str | Path], *
         out[slide] = extract_slide(embedder, path, input_px=input_px, chunk=chunk, device=device,
                                    throughput=throughput)
     return out
-
-
-def write_feature_file(path: str | Path, slide: str, feats: SlideFeatures, **attrs: Any) -> None:
-    """CLAM-layout h5 written atomically; `complete=True` is set last, then the file is renamed into place."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=feats.features.astype(np.float32))
-        dset = f.create_dataset("coords", data=feats.coords.astype(np.int64))
-        dset.attrs["patch_level"] = 0
-        dset.attrs["patch_size"] = int(feats.patch_size_level0)
-        dset.attrs["patch_size_level0"] = int(feats.patch_size_level0)
-        f.attrs["slide"] = slide
-        for key, value in attrs.items():
-            f.attrs[key] = "" if value is None else value
-        f.attrs["complete"] = True
-
-
-def read_feature_file(path: str | Path) -> SlideFeatures:
-    """Load a feature file, refusing one that was never finished."""
-    with open_cache(path, what="feature", rule="features") as f:
-        return SlideFeatures(features=f["features"][:], coords=f["coords"][:],
-                             patch_size_level0=int(f["coords"].attrs.get("patch_size", 0)))
-
-
-def extract_features_job(cache_path: str | Path, out_path: str | Path, *, slide: str,
-                         model_cfg: Mapping[str, Any], seed: int, chunk: int = 64,
-                         device: str = "auto") -> None:
-    """Rule `features`: the seeded frozen backbone (MsaMIL-Net's initialisation) over one slide's 20x patches."""
-    torch_device = select_device(device)
-    embedder = PooledBackbone(create_backbone(dict(model_cfg), seed=seed)).to(torch_device).eval()
-    tp = Throughput()
-    feats = extract_slide(embedder, cache_path, input_px=int(model_cfg["input_px"]), chunk=chunk,
-                          device=torch_device, throughput=tp)
-    write_feature_file(out_path, slide, feats, backbone=str(model_cfg["backbone"]), seed=int(seed),
-                       input_px=int(model_cfg["input_px"]), **{f"extract_{k}": v for k, v in tp.as_dict().items()})
-    log.info("slide %s: %d patches -> %s features (%s)", slide, len(feats.features), feats.features.shape,
-             tp.as_dict())

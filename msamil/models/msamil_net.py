@@ -19,7 +19,10 @@ from msamil.models.msfem import MSFEM
 
 class MsaMILNet(nn.Module):
     """Slide classifier. Switches: `mhe` (MHE blocks on/off), `pooling` ("dmq" | "gated"), `freeze_backbone`
-    (two-stage ablation: the backbone never gets gradients and stays in eval mode)."""
+    (two-stage ablation: the backbone never gets gradients and stays in eval mode).
+
+    `seed` fixes the backbone's random weights alone (the fold's shared "backbone" stream, msamil.util.seeding);
+    every other module draws from the global torch generator, which the trainer seeds per (seed, fold)."""
 
     def __init__(self, model_cfg: dict[str, Any], n_classes: int, scales: Sequence[str] = ("20x", "10x", "5x"),
                  mhe: bool = True, pooling: str = "dmq", freeze_backbone: bool = False,

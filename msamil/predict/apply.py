@@ -1,8 +1,9 @@
 """One fold's trained MsaMIL-Net applied to new slides: the `predict_fold` job.
 
 The model is rebuilt from the method's settings and loaded from the fold's best.pt (weights only); every slide is
-read exactly as the trainer evaluates its test slides (all patches the fold's SFFM selection keeps, or all tissue
-patches for `sffm: false`), so a prediction on a new slide means what the fold's test predictions mean.
+read exactly as the trainer evaluates its test slides (the patches the fold's SFFM selection keeps, or all tissue
+patches for `sffm: false`, in bags drawn by the same policy: msamil.training.inference.policy), so a prediction
+on a new slide means what the fold's test predictions mean.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from msamil.predict import PREDICT_KINDS
 from msamil.slides.outcomes import slide_caches
 from msamil.training import checkpoint as ckpt
 from msamil.training.data import SlideData
-from msamil.training.inference import predict_slide
+from msamil.training.inference import policy, predict_slide
 from msamil.util.atomic import atomic_path, write_tsv
 
 
@@ -55,7 +56,8 @@ def predict_fold(config: dict[str, Any], dataset: str, method: str, fold: int, *
     rows, outs = [], []
     for slide in caches:
         with data.open(slide) as reader:
-            out = predict_slide(model, reader, device, input_px, chunk, slide)
+            out = predict_slide(model, reader, device, input_px, chunk, slide,
+                                **policy(settings["train"], int(config["seed"]), int(fold), slide))
         probs = torch.softmax(torch.as_tensor(out["logits"]), dim=0).numpy()
         rows.append({"slide": slide, "fold": int(fold), **{f"prob_{c}": float(p) for c, p in zip(classes, probs,
                                                                                                 strict=True)}})

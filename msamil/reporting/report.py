@@ -19,13 +19,16 @@ from msamil.config import SCALES
 
 log = logging.getLogger("msamil.reporting.report")
 
-# Display names of the method kinds; ablations get a label from their switches (see `method_label`).
+# Display names of the method kinds; ablations get a label from their switches (see `method_label`). The
+# baselines' labels say what their features are (DESIGN.md section 7): every frozen backbone's BatchNorm
+# statistics come from the fold's training slides; {init} is the backbone's initialisation (see `method_label`).
 KIND_LABELS = {
     "msamil": "MsaMIL-Net",
-    "abmil": "ABMIL",
-    "dino_abmil": "DINO + ABMIL (two-stage)",
-    "icmil_abmil": "ICMIL (ABMIL)",
+    "abmil": "ABMIL on frozen {init} features (BN calibrated)",
+    "dino_abmil": "DINO + ABMIL (DINO features, BN calibrated)",
+    "icmil_abmil": "ICMIL + ABMIL (ICMIL-tuned features, BN calibrated)",
 }
+INIT_LABELS = {None: "initial-backbone", False: "random-init", True: "ImageNet"}
 ABLATION_PREFIX = "msamil_"
 FULL_METHOD = "msamil"
 # Fallback labels by name when a method's switches are not at hand (the default config's ablations).
@@ -36,7 +39,7 @@ SUFFIX_LABELS = {
     "no_sffm": "no SFFM (all tissue)",
     "no_mhe": "no MHE",
     "gated_pool": "gated attention instead of DMQ",
-    "frozen": "frozen backbone (two-stage)",
+    "frozen": "frozen backbone (two-stage, BN calibrated)",
 }
 
 
@@ -64,15 +67,19 @@ def ablation_methods(methods: Iterable[str]) -> list[str]:
 
 
 def method_label(method: str, spec: Mapping[str, Any] | None = None,
-                 scales: Sequence[str] = SCALES) -> str:
-    """A human label: the kind's name for full methods, the changed switches for ablations.
+                 scales: Sequence[str] = SCALES, pretrained: bool | None = None) -> str:
+    """A human label: the kind's name (with the features it trains on) for full methods, the changed switches for
+    ablations. `pretrained` (config model.pretrained, or the method's own override) names ABMIL's frozen
+    features: random-init or ImageNet; None leaves it generic.
 
     Deriving the label from the switches (not the name) keeps it right when a user adds an ablation of their own.
     """
     spec = dict(spec or {})
     kind = spec.get("kind") or (FULL_METHOD if is_ablation(method) else method)
     if kind != FULL_METHOD:
-        name = KIND_LABELS.get(kind, kind)
+        own = (spec.get("model") or {}).get("pretrained")
+        init = INIT_LABELS[bool(own) if own is not None else pretrained]
+        name = KIND_LABELS.get(kind, kind).format(init=init)
         return name if method == kind else f"{name} ({method})"
     if not spec and is_ablation(method):
         suffix = method[len(ABLATION_PREFIX):]
@@ -88,7 +95,7 @@ def method_label(method: str, spec: Mapping[str, Any] | None = None,
     if spec.get("pooling") == "gated":
         parts.append("gated attention instead of DMQ")
     if spec.get("freeze_backbone"):
-        parts.append("frozen backbone (two-stage)")
+        parts.append("frozen backbone (two-stage, BN calibrated)")
     if spec.get("model") or spec.get("train"):
         parts.append("changed " + "/".join(k for k in ("model", "train") if spec.get(k)) + " settings")
     if not parts:

@@ -42,15 +42,22 @@ SHOWN = (("AUC [95 % CI]", "auc_pooled", ("auc_ci_low", "auc_ci_high")),
          ("AUC fold mean ± std", "auc_mean", ("auc_std",)))
 DIGITS = 3  # printed precision of Markdown/LaTeX
 TSV_DIGITS = 4
+# Efficiency fields averaged over folds; the budget (DESIGN.md section 7, msamil.training.outputs.budget) first.
 EFFICIENCY_FIELDS = {
+    "backbone_steps": "Backbone steps",
+    "backbone_patch_views": "Backbone patch-views",
+    "wall_s": "Wall (s)",
+    "peak_mem_mb": "Peak mem. (MB)",
     "patches_per_slide": "Patches / slide",
     "seconds_per_epoch": "s / epoch",
     "train_patches_per_s": "Train patches / s",
     "infer_patches_per_s": "Infer patches / s",
-    "peak_mem_mb": "Peak mem. (MB)",
 }
 POOLED_NOTE = ("pooled out-of-fold AUC and ACC with 95 %% percentile intervals from %d bootstrap resamples "
                "stratified by class; AUC mean ± sample std over folds")
+EFFICIENCY_SHOWN = ("backbone_steps", "backbone_patch_views", "views_vs_msamil", "wall_s", "peak_mem_mb",
+                    "patches_per_slide", "train_patches_per_s", "infer_patches_per_s")
+VIEWS_FLOOR = 0.5  # a method below this share of MsaMIL-Net's backbone patch-views is flagged in the table
 TABLE_NAMES = ("main_results", "ablation", "comparisons", "efficiency", "sffm")
 FORMATS = ("tsv", "md", "tex")
 
@@ -338,15 +345,44 @@ def comparison_table(out_dir: str | Path, comparisons: pd.DataFrame, methods: Se
     return table
 
 
+def budget_notes(eff: pd.DataFrame, reference: str = "msamil") -> pd.DataFrame:
+    """`views_vs_msamil` (backbone patch-views / the full MsaMIL-Net's, same dataset) and a `note` that says when
+    a method's backbone trains on less than VIEWS_FLOOR of that, or not at all (a frozen backbone, by design)."""
+    eff = eff.copy()
+    ref = eff[eff["method"] == reference].set_index("dataset")["backbone_patch_views"]
+    views = pd.to_numeric(eff["backbone_patch_views"], errors="coerce")
+    base = pd.to_numeric(eff["dataset"].map(ref), errors="coerce")
+    eff["views_vs_msamil"] = views / base.where(base > 0)
+    notes = []
+    for v, ratio in zip(views, eff["views_vs_msamil"], strict=True):
+        if v == 0:
+            notes.append("frozen backbone: no backbone training")
+        elif np.isfinite(ratio) and ratio < VIEWS_FLOOR:
+            notes.append(f"backbone trained on < {VIEWS_FLOOR:g} x MsaMIL-Net's patch-views")
+        else:
+            notes.append("")
+    eff["note"] = notes
+    return eff
+
+
 def efficiency_table(out_dir: str | Path, eff: pd.DataFrame, methods: Sequence[str], datasets: Sequence[str],
                      labels: Mapping[str, str]) -> pd.DataFrame:
-    table = _ordered(eff, methods, datasets)
+    """Every method's budget (backbone steps, patch-views and their ratio to MsaMIL-Net's, wall time, peak
+    memory) with a note where a backbone gets less than half of MsaMIL-Net's patch-views, then throughput."""
+    table = budget_notes(_ordered(eff, methods, datasets))
     table.insert(2, "label", table["method"].map(lambda m: labels.get(m, m)))
-    columns = [("", v) for v in EFFICIENCY_FIELDS.values()] + [("", "Device")]
-    rows = [[r.dataset, r.label] + [num_text(getattr(r, f)) for f in EFFICIENCY_FIELDS] + [r.device]
+    names = {**EFFICIENCY_FIELDS, "views_vs_msamil": "Views / MsaMIL-Net"}
+    columns = [("", names[f]) for f in EFFICIENCY_SHOWN] + [("", "Device"), ("", "Note")]
+    counts = ("backbone_steps", "backbone_patch_views")  # whole numbers (means over folds, rounded)
+
+    def cell(r: Any, f: str) -> str:
+        value = getattr(r, f)
+        return f"{float(value):.0f}" if f in counts and np.isfinite(float(value)) else num_text(value)
+
+    rows = [[r.dataset, r.label] + [cell(r, f) for f in EFFICIENCY_SHOWN] + [r.device, r.note]
             for r in table.itertuples()]
     write_formats(out_dir, "efficiency", table, ["Dataset", "Method"], columns, rows,
-                  caption="efficiency per method: means over folds")
+                  caption="efficiency and budget per method: means over folds")
     return table
 
 
@@ -362,16 +398,18 @@ def sffm_table(out_dir: str | Path, sel: pd.DataFrame) -> pd.DataFrame:
 
 def build_tables(results: str | Path, datasets: Sequence[str], methods: Mapping[str, Mapping[str, Any]] | Sequence[str],
                  folds: Sequence[int], out_dir: str | Path, scales: Sequence[str] = SCALES,
-                 n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict[str, pd.DataFrame]:
+                 n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED,
+                 pretrained: bool | None = None) -> dict[str, pd.DataFrame]:
     """Write main_results, ablation, comparisons, efficiency and sffm as .tsv/.md/.tex under `out_dir`.
 
-    `methods` is config["methods"] (name -> switches, used for the ablation labels) or just names. Methods,
-    datasets or folds without outputs are skipped with a warning, so a partial run still gets tables.
+    `methods` is config["methods"] (name -> switches, used for the ablation labels) or just names; `pretrained`
+    (config model.pretrained) names the baselines' frozen features in the labels. Methods, datasets or folds
+    without outputs are skipped with a warning, so a partial run still gets tables.
     `n_resamples` and `seed` drive every bootstrap interval and paired p-value (report.bootstrap_* in config).
     """
     specs = dict(methods) if isinstance(methods, Mapping) else {m: {} for m in methods}
     names = list(specs)
-    labels = {m: method_label(m, specs[m] or None, scales) for m in names}
+    labels = {m: method_label(m, specs[m] or None, scales, pretrained) for m in names}
     predictions = load_predictions(results, datasets, names, folds)
     per_fold = fold_metrics(predictions)
     summary = summarize(per_fold).merge(pooled_summary(predictions, n_resamples, seed),

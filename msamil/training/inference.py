@@ -1,13 +1,25 @@
 """MsaMIL-Net forward passes shared by training, validation, inference and the benchmarks.
 
-A training bag runs through the backbone in micro-batches under activation checkpointing; a whole slide is
-embedded chunk by chunk without gradients, then aggregated by IAAM over all its selected patches. bf16 autocast on
-CUDA only.
+A training bag runs through the backbone in micro-batches under activation checkpointing. Inference sees what
+training saw (DESIGN.md section 6): a slide's selected patches are embedded once, chunk by chunk without
+gradients, then split into scale-balanced bags of `bag_size` drawn exactly as training draws them
+(`balanced_shares` per scale, uniform without replacement within a bag), each bag is aggregated by IAAM, and the
+slide's probabilities are the mean over bags.
+
+Why not one bag of every patch: training bags hold `bag_size` patches in equal shares per scale, while a whole
+slide holds roughly 16:4:1 20x:10x:5x patches and many times more of them. IAAM's sinusoidal position encoding is
+indexed by rank within the (sorted) bag, so a whole-slide bag would also use ranks training never produced.
+Bags of the training size keep the scale mix, the bag length and the rank range of training.
+
+Determinism: the patches are put in a canonical order (scale, cache index) before the bags are drawn from a
+seeded generator, and IAAM sorts each bag by (x, y, scale), so a prediction does not depend on the order the
+reader returns patches in. The bags cover every patch at least once (a scale's patches are walked in a random
+cyclic order), and at least `min_bags` bags are averaged, which bounds the dependence on the draw seed.
+bf16 autocast on CUDA only.
 """
 
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 from typing import Any
 
@@ -16,19 +28,15 @@ import torch
 
 from msamil.errors import SlideError
 from msamil.models import MsaMILNet
-from msamil.models.backbone import to_input
+from msamil.models.backbone import autocast, to_input
+from msamil.util.seeding import stream_seed
+
+__all__ = ["autocast", "bag_forward", "inference_bags", "policy", "predict_slide", "prepare_input"]
 
 
 def prepare_input(imgs: torch.Tensor, input_px: int, device: torch.device) -> torch.Tensor:
     x = to_input(imgs, input_px, device)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slow and would break bit-exact resume tests)."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def bag_forward(model: MsaMILNet, bag: Any, device: torch.device, input_px: int, micro_batch: int | None,
@@ -44,10 +52,43 @@ def bag_forward(model: MsaMILNet, bag: Any, device: torch.device, input_px: int,
     return logits.float(), attn.float()
 
 
+def inference_bags(scale_idx: np.ndarray, bag_size: int, rng: np.random.Generator, min_bags: int = 1,
+                   balanced: bool = True) -> list[np.ndarray]:
+    """Bags (sorted position arrays into `scale_idx`) drawn as training draws them, covering every position.
+
+    Each bag takes `balanced_shares(sizes, bag_size)` positions of each scale (or `bag_size` of all positions when
+    not `balanced`), consecutive in a random cyclic order of that scale, so each bag is a uniform draw without
+    replacement and the bags together cover every patch. A slide with no more than `bag_size` patches is one bag.
+    """
+    from msamil.cache.bags import balanced_shares
+
+    scale_idx = np.asarray(scale_idx)
+    if len(scale_idx) <= bag_size:
+        return [np.arange(len(scale_idx))]
+    if balanced:
+        groups = [np.flatnonzero(scale_idx == s) for s in np.unique(scale_idx)]
+        takes = balanced_shares(np.array([len(g) for g in groups]), bag_size)
+    else:
+        groups, takes = [np.arange(len(scale_idx))], np.array([bag_size])
+    walks = [g[rng.permutation(len(g))] for g in groups]
+    n_bags = max(int(min_bags), *(-(-len(g) // int(t)) for g, t in zip(groups, takes, strict=True) if t))
+    bags = []
+    for j in range(n_bags):
+        parts = [w[(j * int(t) + np.arange(int(t))) % len(w)] for w, t in zip(walks, takes, strict=True) if t]
+        bags.append(np.sort(np.concatenate(parts)))
+    return bags
+
+
 @torch.no_grad()
 def predict_slide(model: MsaMILNet, reader: Any, device: torch.device, input_px: int, chunk: int,
-                  slide: str = "?") -> dict[str, np.ndarray]:
-    """All selected patches of a slide: embeddings chunk by chunk (no grad), then IAAM over the whole bag."""
+                  slide: str = "?", *, bag_size: int, min_bags: int = 8, seed: int = 0,
+                  balanced: bool = True) -> dict[str, np.ndarray]:
+    """A slide's prediction under the training bag policy (module docstring).
+
+    Returns `logits` = log of the bag-averaged probabilities (softmax gives them back), and per patch (canonical
+    order: scale, then cache index) `coords`, `scale_idx`, `index` and `attention`: its mean attention over the
+    bags that held it (within a bag attention sums to 1), plus `n_bags`.
+    """
     prepare = partial(prepare_input, input_px=input_px, device=device)
     embs, coords, scales, index = [], [], [], []
     extent = (1.0, 1.0)
@@ -63,9 +104,30 @@ def predict_slide(model: MsaMILNet, reader: Any, device: torch.device, input_px:
     if not embs:
         raise SlideError(slide, "no selected patches at the method's scales",
                          "check the cache and the SFFM selection (fallback_k) of this slide")
-    c, s = np.concatenate(coords), np.concatenate(scales)
-    with autocast(device):
-        logits, attn = model.aggregate(torch.cat(embs), torch.as_tensor(c, device=device),
-                                       torch.as_tensor(s, device=device), extent)
-    return {"logits": logits.float().cpu().numpy(), "attention": attn.float().cpu().numpy(), "coords": c,
-            "scale_idx": s, "index": np.concatenate(index)}
+    s, idx = np.concatenate(scales), np.concatenate(index)
+    canon = np.lexsort((idx, s))
+    c, s, idx = np.concatenate(coords)[canon], s[canon], idx[canon]
+    emb = torch.cat(embs)[torch.as_tensor(canon, device=device)]
+    c_t, s_t = torch.as_tensor(c, device=device), torch.as_tensor(s, device=device)
+    bags = inference_bags(s, int(bag_size), np.random.default_rng(seed), min_bags, balanced)
+    probs = []
+    attn_sum = np.zeros(len(s), dtype=np.float64)
+    attn_n = np.zeros(len(s), dtype=np.int64)
+    for pos in bags:
+        sel = torch.as_tensor(pos, device=device)
+        with autocast(device):
+            logits, attn = model.aggregate(emb[sel], c_t[sel], s_t[sel], extent)
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        np.add.at(attn_sum, pos, attn.float().cpu().numpy())
+        np.add.at(attn_n, pos, 1)
+    mean = np.clip(np.mean(probs, axis=0), 1e-12, None)
+    return {"logits": np.log(mean / mean.sum()).astype(np.float32),
+            "attention": (attn_sum / np.maximum(attn_n, 1)).astype(np.float32), "coords": c, "scale_idx": s,
+            "index": idx, "n_bags": np.asarray(len(bags))}
+
+
+def policy(train_cfg: dict[str, Any], seed: int, fold: int, slide: str) -> dict[str, Any]:
+    """predict_slide's bag-policy arguments for one slide of a fold: the trainer's test predictions and
+    predict on new slides (msamil.predict.apply) draw the same bags from the same stream."""
+    return {"bag_size": int(train_cfg["bag_size"]), "min_bags": int(train_cfg.get("infer_bags", 8)),
+            "seed": stream_seed(seed, fold, f"infer/{slide}"), "balanced": bool(train_cfg.get("scale_balanced", False))}

@@ -40,6 +40,26 @@ def write_run_outputs(run_dir: str | Path, predictions: pd.DataFrame, efficiency
     return metrics
 
 
+BUDGET_FIELDS = ("backbone_steps", "backbone_patch_views", "wall_s", "peak_mem_mb")
+
+
+def budget(*, backbone_steps: int, backbone_patch_views: int, wall_s: float, peak_mem_mb: float,
+           backbone_init_sha256: str | None = None) -> dict[str, Any]:
+    """The four budget fields every method's efficiency.json carries (DESIGN.md section 7), defined alike:
+
+    backbone_steps: optimizer steps that updated the backbone (0 for a frozen backbone);
+    backbone_patch_views: patch views the backbone embedded with gradients while training (a DINO crop, an ICMIL
+    augmented view, a patch of an MsaMIL-Net training bag; 0 for a frozen backbone);
+    wall_s: the run's wall time (training, validation, inference; feature extraction for the two-stage methods);
+    peak_mem_mb: peak GPU allocation, or the peak resident set size on CPU.
+    """
+    out = {"backbone_steps": int(backbone_steps), "backbone_patch_views": int(backbone_patch_views),
+           "wall_s": round(float(wall_s), 3), "peak_mem_mb": round(float(peak_mem_mb), 1)}
+    if backbone_init_sha256 is not None:
+        out["backbone_init_sha256"] = backbone_init_sha256
+    return out
+
+
 def peak_memory_mb(device: Any = None) -> float:
     """Peak memory of this process: CUDA peak allocation on a GPU, else the peak resident set size."""
     import resource

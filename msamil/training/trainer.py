@@ -5,13 +5,18 @@ micro-batches under activation checkpointing (memory bounded by the micro-batch,
 accumulate over `accum_slides` slides, AdamW with warm-up + cosine per optimizer step. Validation AUC each epoch
 selects `best.pt`; `last.pt` (with every RNG state and the best weights so far) lets a killed job resume
 bit-exactly on CPU, whichever epoch it was killed in (msamil.training.checkpoint: mirror, checksums, safe loads).
-Inference and validation use every selected patch of a slide, not a sampled bag.
+Validation and inference see what training saw: every selected patch is embedded once, then scale-balanced bags
+of `bag_size` (the training distribution) are aggregated and their probabilities averaged
+(msamil.training.inference.predict_slide).
+
+Seeds: msamil.util.seeding (backbone, model, data streams of (seed, fold), shared with the baselines).
 
 BatchNorm: one slide per step means every micro-batch comes from one slide, so batch statistics would normalise
 away exactly the between-slide differences the classifier needs, and would not match the running statistics used
 at inference. With `bn_calib_patches > 0` the backbone's BatchNorm statistics are therefore estimated from
-patches of many training slides before the first step and after every epoch, and kept fixed while training (affine
-weights still learn). That also makes micro-batching exactly equivalent to one full-bag pass.
+patches of many training slides (msamil.models.batchnorm, the policy every method shares) before the first step
+and after every epoch, and kept fixed while training (affine weights still learn). That also makes
+micro-batching exactly equivalent to one full-bag pass. A frozen backbone is calibrated once, before training.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,17 +44,19 @@ from tqdm.auto import tqdm
 from msamil.config import method_settings
 from msamil.errors import ConfigError, MsamilError, SlideError
 from msamil.models import build_model
-from msamil.models.backbone import select_device
+from msamil.models.backbone import select_device, state_fingerprint
+from msamil.models.batchnorm import calibrate_batchnorm
 from msamil.slides.outcomes import slide_caches
 from msamil.splits.folds import FoldSplit, load_fold
 from msamil.training import checkpoint as ckpt
 from msamil.training.data import SlideData, class_interleaved_order
-from msamil.training.inference import autocast, bag_forward, predict_slide, prepare_input
+from msamil.training.inference import bag_forward, policy, predict_slide, prepare_input
 from msamil.training.loader import BagLoader, BagRequest, loader_workers
 from msamil.training.metrics import classification_metrics
-from msamil.training.outputs import peak_memory_mb, predictions_frame, write_run_outputs
+from msamil.training.outputs import budget, peak_memory_mb, predictions_frame, write_run_outputs
 from msamil.training.schedule import warmup_cosine
 from msamil.util.atomic import atomic_path, write_tsv
+from msamil.util.seeding import seed_everything, stream_seed
 
 log = logging.getLogger("msamil.training.trainer")
 
@@ -125,14 +131,15 @@ class Trainer:
         self.split, self.data, self.device, self.progress = split, data, device, progress
         self.workers = workers  # data-loading threads (msamil.training.loader)
         self.out = Path(out_dir)
-        self.seed = int(config["seed"]) * 1000 + int(fold)
-        random.seed(self.seed)
-        torch.manual_seed(self.seed)
-        self.rng = np.random.default_rng(self.seed)
-        self.model = build_model(self.settings, len(self.classes), seed=self.seed).to(device)
+        self.seed = int(config["seed"])
+        seed_everything(self.seed, fold)
+        self.rng = np.random.default_rng(stream_seed(self.seed, fold, "data"))
+        self.model = build_model(self.settings, len(self.classes),
+                                 seed=stream_seed(self.seed, fold, "backbone")).to(device)
+        self.backbone_init = state_fingerprint(self.model.msfem.backbone)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.bn_calib = 0 if self.settings["freeze_backbone"] else int(self.tcfg.get("bn_calib_patches", 0))
+        self.bn_calib = int(self.tcfg.get("bn_calib_patches", 0))
         self.model.frozen_bn = self.bn_calib > 0
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, float(self.tcfg["weight_decay"])),
@@ -225,33 +232,11 @@ class Trainer:
                   float_format="%.6f")
 
     # -- one epoch
-    @torch.no_grad()
     def recalibrate_bn(self) -> None:
-        """Re-estimate backbone BatchNorm statistics (cumulative average) on patches of many training slides."""
-        bns = [m for m in self.model.msfem.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns or self.bn_calib <= 0:
-            return
-        slides = self.split.slides["train"]
-        per_slide = max(1, math.ceil(self.bn_calib / len(slides)))
-        imgs = []
-        for slide in slides:
-            with self.data.open(slide) as reader:
-                imgs.append(np.asarray(reader.sample(per_slide, self.rng).imgs))
-        pool = np.concatenate(imgs)[self.rng.permutation(sum(len(i) for i in imgs))][: self.bn_calib]
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        step = int(self.tcfg["micro_batch"])
-        try:
-            with autocast(self.device):
-                for i in range(0, len(pool), step):
-                    self.model.msfem.backbone(prepare_input(torch.as_tensor(pool[i:i + step]), self.input_px, self.device))
-        finally:
-            for m, mom in zip(bns, momenta, strict=True):
-                m.momentum = mom
-            self.model.train()
+        """Re-estimate backbone BatchNorm statistics on patches of many training slides (msamil.models.batchnorm)."""
+        calibrate_batchnorm(self.model.msfem.backbone, self.split.slides["train"], self.data.open, self.bn_calib,
+                            self.rng, lambda x: prepare_input(x, self.input_px, self.device),
+                            int(self.tcfg["micro_batch"]), self.device)
 
     def train_epoch(self) -> tuple[float, int, float]:
         """One pass over the training slides in a seeded order; returns (mean loss, patches, seconds)."""
@@ -290,7 +275,7 @@ class Trainer:
                     self._optimizer_step()
                 bar.set_postfix(loss=f"{total / (i + 1):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         seconds = time.perf_counter() - start
-        if self.bn_calib:
+        if self.bn_calib and not self.settings["freeze_backbone"]:
             self.recalibrate_bn()  # statistics of the weights just trained: validation, best.pt, next epoch
         return total / max(1, n), patches, seconds
 
@@ -303,13 +288,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def evaluate(self, split: str) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
-        """Loss and metrics over all selected patches of every slide in `split`; eval mode, no grad."""
+        """Loss and metrics of every slide in `split` under the training bag policy; eval mode, no grad."""
         self.model.eval()
         outs, probs = [], []
         chunk = int(self.tcfg.get("infer_chunk", 64))
         for slide in self.split.slides[split]:
             with self.data.open(slide) as reader:
-                out = predict_slide(self.model, reader, self.device, self.input_px, chunk, slide)
+                out = predict_slide(self.model, reader, self.device, self.input_px, chunk, slide,
+                                    **policy(self.tcfg, self.seed, self.fold, slide))
             out["slide"] = slide
             outs.append(out)
             probs.append(torch.softmax(torch.as_tensor(out["logits"]), dim=0).numpy())
@@ -369,12 +355,17 @@ class Trainer:
         frame = predictions_frame([o["slide"] for o in outs], self.split.labels["test"], probs, self.fold,
                                   self.classes)
         hist = self.state.history
+        trains_backbone = not self.settings["freeze_backbone"]
         efficiency = {
+            **budget(backbone_steps=self.state.epoch * self.steps_per_epoch if trains_backbone else 0,
+                     backbone_patch_views=self.state.train_patches if trains_backbone else 0,
+                     wall_s=sum(h["seconds"] for h in hist) + seconds, peak_mem_mb=peak_memory_mb(self.device),
+                     backbone_init_sha256=self.backbone_init),
             "patches_per_slide": float(np.mean(n_patches)),
             "seconds_per_epoch": float(np.mean([h["seconds"] for h in hist])) if hist else math.nan,
             "train_patches_per_s": self.state.train_patches / max(self.state.train_seconds, 1e-9),
             "infer_patches_per_s": float(sum(n_patches)) / max(seconds, 1e-9),
-            "peak_mem_mb": peak_memory_mb(self.device),
+            "infer_bags_per_slide": float(np.mean([int(o["n_bags"]) for o in outs])),
             "device": str(self.device),
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
             "epochs_run": self.state.epoch,

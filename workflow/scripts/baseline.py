@@ -4,7 +4,6 @@ from msamil.baselines.run import run_baseline
 from msamil.util.runlog import log_to
 
 with log_to(snakemake.log[0]):
-    features = getattr(snakemake.input, "features", None)
     run_baseline(
         config=dict(snakemake.params.config),
         dataset=snakemake.wildcards.dataset,
@@ -12,7 +11,6 @@ with log_to(snakemake.log[0]):
         fold=int(snakemake.wildcards.fold),
         slides_tsv=snakemake.input.slides,
         folds_tsv=snakemake.input.folds,
-        feature_paths=list(features) if features is not None else None,
         run_dir=snakemake.params.run_dir,
         threads=snakemake.threads,
         resources=dict(snakemake.resources.items()),

@@ -11,4 +11,5 @@ with log_to(snakemake.log[0]):
     build_tables(RESULTS, snakemake.params.datasets, snakemake.params.methods,
                  snakemake.params.folds, Path(snakemake.output.main_results_tsv).parent,
                  scales=snakemake.params.scales, n_resamples=snakemake.params.bootstrap_resamples,
-                 seed=snakemake.params.bootstrap_seed)
+                 seed=snakemake.params.bootstrap_seed,
+                 pretrained=snakemake.params.pretrained)
