@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import cv2
@@ -119,43 +119,116 @@ def write_svs(
     downsamples = list(levels) if levels is not None else default_downsamples(width, height, tile_size)
     if not downsamples or downsamples[0] != 1 or any(b <= a for a, b in zip(downsamples, downsamples[1:], strict=False)):
         raise ValueError(f"levels must start at 1 and increase, got {downsamples}")
-    if app_mag is None and mpp is not None:
-        app_mag = app_mag_for(mpp)
     images = pyramid(rgb_level0, downsamples)
-    jpeg = {"compression": "jpeg", "compressionargs": {"level": int(jpeg_quality)}}
-    common = {"photometric": "rgb", "metadata": None, "maxworkers": 1, **jpeg}
-    generic_res: dict[str, object] = {}
-    if vendor == "generic" and mpp is not None:
-        generic_res = {"resolutionunit": "CENTIMETER"}
-    bigtiff = rgb_level0.nbytes > 2**31
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
-        for index, (ds, image) in enumerate(zip(downsamples, images, strict=True)):
-            size = (image.shape[1], image.shape[0])
-            if vendor == "aperio":
-                desc = _aperio_description(width, height, tile_size, jpeg_quality, mpp, app_mag,
-                                           None if index == 0 else size)
-                extra: dict[str, object] = {"description": desc}
-            else:
-                # generic-tiff readers take tiled reduced-resolution pages (NewSubfileType 1) as pyramid levels
-                extra = {**generic_res, "subfiletype": 0 if index == 0 else 1}
-                if generic_res:
-                    per_cm = 1e4 / (mpp * ds)  # type: ignore[operator]
-                    extra["resolution"] = (per_cm, per_cm)
-            tif.write(image, tile=(tile_size, tile_size), **common, **extra)
-            if index == 0 and thumbnail and vendor == "aperio":
-                _write_thumbnail(tif, rgb_level0, tile_size, jpeg_quality, mpp, app_mag, common)
+    writer = _PyramidWriter(path, width, height, tile_size, jpeg_quality, mpp, app_mag, vendor,
+                            thumbnail and vendor == "aperio", bigtiff=rgb_level0.nbytes > 2**31)
+    writer.write(images[0], images[1:], downsamples[1:])
     return [(im.shape[1], im.shape[0]) for im in images]
 
 
+def write_svs_tiled(
+    path: str | os.PathLike[str],
+    width: int,
+    height: int,
+    render: Callable[[int, int, int, int], np.ndarray],
+    mpp: float = 0.5,
+    tile_size: int = 256,
+    jpeg_quality: int = 85,
+    block_px: int = 2048,
+) -> list[tuple[int, int]]:
+    """Write an Aperio SVS whose level 0 is rendered on demand, `render(x, y, w, h) -> uint8 (h, w, 3)`.
+
+    For slides too large to hold: level 0 is rendered (in blocks of at most `block_px` columns) and written one row
+    of tiles at a time, and only level 1 (1/16 of the pixels) is kept, area-averaged from each row; the lower
+    levels come from it. The file equals what
+    `write_svs` writes for the same pixels. Sizes must be multiples of 4 (so rows average exactly).
+    """
+    if width % 4 or height % 4:
+        raise ValueError(f"write_svs_tiled needs a width and height divisible by 4, got {width}x{height}")
+    _check_inputs(np.zeros((1, 1, 3), np.uint8), tile_size, jpeg_quality, mpp)
+    downsamples = default_downsamples(width, height, tile_size)
+    level1 = np.empty((height // 4, width // 4, 3), np.uint8)
+
+    def tiles() -> Iterator[np.ndarray]:
+        for y in range(0, height, tile_size):
+            h = min(tile_size, height - y)
+            band = np.empty((h, width, 3), np.uint8)
+            for x in range(0, width, block_px):  # a band of a scan-wide slide is rendered a block at a time
+                w = min(block_px, width - x)
+                block = render(x, y, w, h)
+                if block.shape != (h, w, 3) or block.dtype != np.uint8:
+                    raise ValueError(f"render returned {block.shape} {block.dtype}, expected ({h}, {w}, 3) uint8")
+                band[:, x:x + w] = block
+            level1[y // 4:(y + h) // 4] = cv2.resize(band, (width // 4, h // 4), interpolation=cv2.INTER_AREA)
+            for x in range(0, width, tile_size):
+                tile = np.zeros((tile_size, tile_size, 3), np.uint8)  # tifffile pads edge tiles with zeros too
+                tile[:h, :min(tile_size, width - x)] = band[:, x:x + tile_size]
+                yield tile
+
+    def lower() -> list[np.ndarray]:
+        return pyramid(level1, [1] + [d // 4 for d in downsamples[2:]])
+
+    writer = _PyramidWriter(path, width, height, tile_size, jpeg_quality, mpp, None, "aperio", True,
+                            bigtiff=width * height * 3 > 2**31)
+    images = writer.write(tiles(), lower, downsamples[1:])
+    return [(width, height)] + [(im.shape[1], im.shape[0]) for im in images]
+
+
+class _PyramidWriter:
+    """The TIFF layout of both writers: level 0, then (Aperio) the thumbnail, then the lower levels."""
+
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, tile_size: int, quality: int,
+                 mpp: float | None, app_mag: int | None, vendor: str, thumbnail: bool, bigtiff: bool) -> None:
+        self.path, self.width, self.height, self.tile_size = path, width, height, tile_size
+        self.quality, self.mpp, self.vendor, self.thumbnail, self.bigtiff = quality, mpp, vendor, thumbnail, bigtiff
+        self.app_mag = app_mag if app_mag is not None or mpp is None else app_mag_for(mpp)
+        jpeg = {"compression": "jpeg", "compressionargs": {"level": int(quality)}}
+        self.common = {"photometric": "rgb", "metadata": None, "maxworkers": 1, **jpeg}
+
+    def _extra(self, index: int, ds: int, size: tuple[int, int]) -> dict[str, object]:
+        if self.vendor == "aperio":
+            return {"description": _aperio_description(self.width, self.height, self.tile_size, self.quality,
+                                                       self.mpp, self.app_mag, None if index == 0 else size)}
+        # generic-tiff readers take tiled reduced-resolution pages (NewSubfileType 1) as pyramid levels
+        extra: dict[str, object] = {"subfiletype": 0 if index == 0 else 1}
+        if self.mpp is not None:
+            per_cm = 1e4 / (self.mpp * ds)
+            extra.update(resolutionunit="CENTIMETER", resolution=(per_cm, per_cm))
+        return extra
+
+    def write(self, level0: np.ndarray | Iterator[np.ndarray],
+              lower: list[np.ndarray] | Callable[[], list[np.ndarray]], lower_ds: Sequence[int]) -> list[np.ndarray]:
+        """Write every level; `lower` may be a callable, evaluated once level 0 is written (streaming)."""
+        tile = (self.tile_size, self.tile_size)
+        size0 = (self.width, self.height)
+        with atomic_path(self.path) as tmp, tifffile.TiffWriter(tmp, bigtiff=self.bigtiff) as tif:
+            if isinstance(level0, np.ndarray):
+                tif.write(level0, tile=tile, **self.common, **self._extra(0, 1, size0))
+            else:
+                tif.write(level0, shape=(self.height, self.width, 3), dtype=np.uint8, tile=tile, **self.common,
+                          **self._extra(0, 1, size0))
+            images = lower() if callable(lower) else lower
+            if self.thumbnail:
+                source = images[0] if images else level0
+                _write_thumbnail(tif, np.asarray(source), size0, self.tile_size, self.quality, self.mpp,
+                                 self.app_mag, self.common)
+            for index, (ds, image) in enumerate(zip(lower_ds, images, strict=True), start=1):
+                tif.write(image, tile=tile, **self.common, **self._extra(index, ds, (image.shape[1], image.shape[0])))
+        return images
+
+
 def _write_thumbnail(
-    tif: tifffile.TiffWriter, rgb: np.ndarray, tile_size: int, quality: int, mpp: float | None,
-    app_mag: int | None, common: dict[str, object],
+    tif: tifffile.TiffWriter, source: np.ndarray, size0: tuple[int, int], tile_size: int, quality: int,
+    mpp: float | None, app_mag: int | None, common: dict[str, object],
 ) -> None:
-    """Aperio puts a small stripped JPEG image right after level 0; OpenSlide calls it `thumbnail`."""
-    height, width = rgb.shape[:2]
+    """Aperio puts a small stripped JPEG image right after level 0; OpenSlide calls it `thumbnail`.
+
+    Drawn from `source` (level 1 when there is one), scaled to fit THUMBNAIL_MAX_PX on level 0's aspect.
+    """
+    width, height = size0
     scale = min(1.0, THUMBNAIL_MAX_PX / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    thumb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    thumb = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
     rows = _JPEG_BLOCK * math.ceil(size[1] / _JPEG_BLOCK)
     desc = _aperio_description(width, height, tile_size, quality, mpp, app_mag, size, thumbnail=True)
     tif.write(np.ascontiguousarray(thumb), rowsperstrip=rows, description=desc, **common)

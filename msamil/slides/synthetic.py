@@ -1,29 +1,34 @@
 """The embedded synthetic dataset (DESIGN.md section 9): H&E-like Aperio slides whose label needs two scales.
 
-Every slide shows tissue on a bright background: pink stroma with sparse spindle nuclei and one or two lesion
-regions (5-25 % of the tissue, exported as QuPath GeoJSON polygons). The lesion is purple and dense, so a U-Net
-at 8 µm/px can segment it. Inside the lesion two independent cues decide the label:
+Every slide shows tissue on a bright background: pink stroma with spindle nuclei and one or two lesions (exported
+as QuPath GeoJSON polygons). A lesion is glands (purple epithelium around a clear lumen) in a pale lesion stroma
+with interstitial cells, dark enough at 8 µm/px for the lesion U-Net to find. Two independent cues decide the label,
+each built so that only its own scale can see it (the demo model sees 20x at 1 µm/px, 10x at 2 and 5x at 4):
 
-* cellular (visible at 20x, 32 µm fields): *atypical* nuclei, large, pleomorphic, irregular and hyperchromatic,
-  versus small round regular nuclei;
-* architectural (visible at 5x, 128 µm fields): cells arranged in *gland-like rings* on a lattice of 85-100 µm
-  period, versus a disordered labyrinth of cords. Both architectures have the same cell/gap area fraction and the
-  same band width, so a 32 µm field looks alike in both; only a field that spans a whole ring tells them apart.
+* cellular (20x): *atypical* nuclei have striated chromatin (stripes of exactly 2 µm period); regular nuclei share
+  their size, shape, stain and density but are evenly stained. Any average over 2 µm cancels the stripes, and the
+  10x and 5x views are such averages, so there both kinds look the same (msamil.slides.synthetic_draw).
+* architectural (5x): glands lie on chains with a fixed step (26-30 µm) and fixed turn (45°). In *rosettes* the
+  turns all go one way and each chain closes into a ring of eight glands about 100 µm across; in *meanders* they
+  go either way at random. Any three consecutive glands are congruent in both, and a 32 µm field never holds more
+  (msamil.slides.synthetic_layout); only a field of ~100 µm or more shows whether chains close.
 
-Malignant = atypical nuclei AND rings. Benign slides carry exactly one of the cues (a decoy): atypical nuclei in a
-labyrinth, or regular nuclei in rings. Every slide also has a few small clusters of atypical nuclei in normal
-stroma, so a model that looks at all tissue (no lesion selection) sees 20x decoys everywhere. A 20x-only model
-therefore cannot separate malignant from nuclear decoys, while a model that sees 20x and 5x can.
+Malignant = atypical nuclei AND rosettes. A benign slide carries exactly one of the cues (a decoy): atypical
+nuclei in meanders, or regular nuclei in rosettes. Every slide also has small clusters of atypical nuclei in normal
+stroma, so a model that looks at all tissue (no lesion selection) sees 20x decoys everywhere. Lesion size, stain
+and the decoys are drawn the same way for every label. A 20x-only or a 5x-only model can therefore reach at most
+AUC 0.75 (it tells apart only the benign slides that lack its cue), while a model that combines both scales can
+reach 1. tests/test_synthetic_cues.py proves each cue's visibility per scale with probes.
 
 Everything is drawn in physical units (µm) and converted with the slide's MPP, so a 40x variant (mpp 0.25)
-shows the same structures at twice the pixel size. Output is deterministic: the random stream is seeded from
-(seed, crc32(slide id)) and the JPEG/TIFF encoders are deterministic.
+shows the same structures at twice the pixel size. Slides are rendered and written tile by tile, so memory stays
+bounded for scan-sized slides. Output is deterministic: the random stream is seeded from (seed, crc32(slide id)),
+noise from (seed, slide, position), and the JPEG/TIFF encoders are deterministic.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import uuid
 import zlib
@@ -36,21 +41,9 @@ import numpy as np
 import pandas as pd
 
 from msamil.errors import ConfigError
-from msamil.slides.svs import write_svs
-from msamil.slides.synthetic_draw import (
-    architecture,
-    decoy_clusters,
-    draw_nuclei,
-    fibre_texture,
-    grid_points,
-    lesion_field,
-    lesion_nuclei,
-    lesion_polygons,
-    rasterise,
-    select,
-    spindle_nuclei,
-    tissue_field,
-)
+from msamil.slides.svs import write_svs_tiled
+from msamil.slides.synthetic_draw import Scene
+from msamil.slides.synthetic_scene import build_scene
 from msamil.util.atomic import write_json, write_tsv
 
 log = logging.getLogger("msamil.slides.synthetic")
@@ -60,13 +53,9 @@ CLASSES = ("benign", "malignant")
 TABLE_KEYS = ("n_slides", "n_patients", "positive_fraction")
 SLIDE_KEYS = ("width", "height", "tile_size", "jpeg_quality", "lesion_fraction", "mpp")
 
-# Optical densities per unit stain (R, G, B): haematoxylin is blue-purple, eosin pink. Colour = 255 * exp(-OD).
-HEMATOXYLIN_OD = np.array([0.55, 0.77, 0.28], np.float32)
-EOSIN_OD = np.array([0.10, 0.85, 0.40], np.float32)
-NUCLEUS_H_MAX = 2.4  # H density of a nucleus drawn at 255
-
-COARSE_UM = 8.0  # grid of the tissue/lesion fields: the resolution of the tissue mask and the lesion U-Net
-LESION_MARGIN_UM = 48.0  # lesion polygons stay this far inside the tissue edge
+GLAND_STEP_UM = (26.0, 30.0)  # distance between consecutive glands of a chain (per slide)
+RENDER_BLOCK = 1024  # side of the blocks a whole slide is rendered in (bounds the float temporaries)
+GENERATOR_VERSION = 2  # bump when the same seed draws different slides
 
 
 def slide_ids(n_slides: int) -> list[str]:
@@ -147,12 +136,12 @@ def write_table(
 # ------------------------------------------------------------------------------------------------- one slide
 @dataclass(frozen=True)
 class SlidePlan:
-    """What a slide shows, decided before drawing: the label is `atypical and glandular`."""
+    """What a slide shows, decided before drawing: the label is `atypical and glandular` (rosettes)."""
 
     atypical: bool
     glandular: bool
     lesion_fraction: float  # target share of the tissue
-    period_um: float  # lattice period of the architecture
+    gland_step_um: float
 
     @property
     def malignant(self) -> bool:
@@ -171,139 +160,57 @@ class SyntheticSlide:
 
 
 def plan_slide(rng: np.random.Generator, malignant: bool, lesion_fraction: tuple[float, float]) -> SlidePlan:
-    """Malignant slides get both cues; a benign one gets one of them at random (the decoy)."""
+    """Malignant slides get both cues; a benign one gets one of them at random (the decoy). Everything else is
+    drawn before the label matters, so it is independent of it."""
     lo, hi = sorted(float(v) for v in lesion_fraction)
     margin = 0.15 * (hi - lo)  # rasterising polygons moves the share a little; stay clear of the bounds
     target = float(rng.uniform(lo + margin, hi - margin))
-    period = float(rng.uniform(85.0, 100.0))
-    if malignant:
-        return SlidePlan(True, True, target, period)
+    step = float(rng.uniform(*GLAND_STEP_UM))
     nuclear_decoy = bool(rng.random() < 0.5)
-    return SlidePlan(nuclear_decoy, not nuclear_decoy, target, period)
+    if malignant:
+        return SlidePlan(True, True, target, step)
+    return SlidePlan(nuclear_decoy, not nuclear_decoy, target, step)
 
 
-def _layout(
-    rng: np.random.Generator, size: tuple[int, int], mpp: float, plan: SlidePlan,
-    lesion_range: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
-    """Soft tissue mask, lesion mask and polygons at level 0 with the lesion share inside the target range."""
-    width, height = size
-    # small test slides get a finer grid, a thinner margin and smaller lesions, so the lesion always fits
-    extent_um = min(width, height) * mpp
-    coarse_um = min(COARSE_UM, extent_um / 96)
-    margin_um = min(LESION_MARGIN_UM, extent_um / 24)
-    step = coarse_um / mpp
-    coarse = (max(8, math.ceil(height / step)), max(8, math.ceil(width / step)))
-    tfield, tthr = tissue_field(rng, coarse)
-    up = cv2.resize(tfield - tthr, size, interpolation=cv2.INTER_LINEAR)
-    soft = np.clip(up / 0.04 + 0.5, 0, 1)
-    tissue = up > 0
-    inside_coarse = cv2.erode(
-        (tfield > tthr).astype(np.uint8),
-        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * math.ceil(margin_um / coarse_um) + 1,) * 2),
-    ).astype(bool)
-    if inside_coarse.sum() < 16:
-        raise RuntimeError(f"no room for a lesion in a {width}x{height} slide; use a larger synthetic.width/height")
-    lfield = lesion_field(rng, inside_coarse, plan.period_um / coarse_um)
-    values = np.sort(lfield[inside_coarse])
-    n_tissue = int((tfield > tthr).sum())
-    min_area = (min(60.0, extent_um / 10) / mpp) ** 2
-    lo, hi = sorted(float(v) for v in lesion_range)
-    target, best, best_err = plan.lesion_fraction, None, np.inf
-    for _ in range(8):  # the coarse grid quantises the share: correct the target a few times
-        k = int(np.clip(round(target * n_tissue), 1, len(values) - 1))
-        polygons = lesion_polygons(lfield, inside_coarse, float(values[k]), size, min_area)
-        lesion = rasterise(polygons, size) & tissue
-        share = lesion.sum() / max(1, tissue.sum())
-        err = abs(share - plan.lesion_fraction)
-        if polygons and lo <= share <= hi and err < best_err:
-            best, best_err = (soft, lesion, polygons, tissue), err
-        if best is not None and err < 0.1 * plan.lesion_fraction:
-            break
-        target *= plan.lesion_fraction / max(share, 1e-3)
-    if best is None:
-        raise RuntimeError(
-            f"could not place a lesion of {lo:.2f}-{hi:.2f} of the tissue in a {width}x{height} slide "
-            f"(last try {share:.3f}); use a larger synthetic.width/height"
-        )
-    return best
+def slide_scene(slide: str, label: str | int | bool, seed: int, **sizes: Any) -> tuple[Scene, SlidePlan]:
+    """The scene of one slide (nothing rendered yet) and its plan."""
+    params = _slide_sizes(sizes)
+    malignant = label == "malignant" if isinstance(label, str) else bool(label)
+    if isinstance(label, str) and label not in CLASSES:
+        raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
+    rng = slide_rng(seed, slide)
+    plan = plan_slide(rng, malignant, params["lesion_fraction"])
+    scene = build_scene(rng, slide, seed, int(params["width"]), int(params["height"]), float(params["mpp"]), plan,
+                        tuple(params["lesion_fraction"]))
+    return scene, plan
 
 
-def render_slide(
-    rng: np.random.Generator, width: int, height: int, mpp: float, plan: SlidePlan,
-    lesion_range: tuple[float, float] = (0.05, 0.25),
-) -> SyntheticSlide:
-    """Draw one slide at level 0 as stain densities, then convert to RGB with Beer-Lambert absorption."""
-    size = (int(width), int(height))
-    um = 1.0 / mpp  # pixels per micrometre
-    soft, lesion, polygons, tissue = _layout(rng, size, mpp, plan, lesion_range)
-
-    # lesion architecture: cells vs gaps, drawn in the lesion's bounding box only
-    cells = np.zeros((height, width), bool)
-    if polygons:
-        allpts = np.concatenate(polygons)
-        x0, y0 = np.maximum(allpts.min(0) - 2, 0)
-        x1, y1 = np.minimum(allpts.max(0) + 3, [width, height])
-        arch = architecture(rng, (int(y1 - y0), int(x1 - x0)), plan.period_um * um, plan.glandular)
-        cells[y0:y1, x0:x1] = arch.astype(bool)
-        cells &= lesion
-    gaps = lesion & ~cells
-    stroma = tissue & ~lesion
-
-    # nuclei
-    fibre_deg = float(rng.uniform(0, 180))
-    nuc = np.zeros((height, width), np.uint8)
-    spindle_pts = rng.uniform([0, 0], [width, height], (int(tissue.sum() / (20 * um) ** 2), 2))
-    spindle_pts = select(spindle_pts, (stroma | gaps) & (soft > 0.5))
-    draw_nuclei(nuc, spindle_nuclei(rng, spindle_pts, fibre_deg, um), rng)
-    tissue_um2 = float(tissue.sum()) / um**2
-    decoys = select(decoy_clusters(rng, stroma, tissue_um2, um), stroma)
-    draw_nuclei(nuc, lesion_nuclei(rng, decoys, True, um), rng)
-    if polygons:
-        # regular cells pack denser, so both kinds put about the same haematoxylin into a low-resolution pixel:
-        # the cellular cue is the nuclei's size, shape and texture, which needs 20x to see
-        spacing = (13.0 if plan.atypical else 7.5) * um
-        cell_erode = cv2.erode(cells.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(1.5 * um)))
-        pts = select(grid_points(rng, (int(x0), int(y0), int(x1), int(y1)), spacing), cell_erode.astype(bool))
-        draw_nuclei(nuc, lesion_nuclei(rng, pts, plan.atypical, um), rng)
-
-    # stain densities
-    fibres = fibre_texture(rng, size, fibre_deg, um)
-    grain = rng.standard_normal((height, width), dtype=np.float32)
-    nucf = cv2.GaussianBlur(nuc, (0, 0), 0.6 * um).astype(np.float32) * (NUCLEUS_H_MAX / 255.0)
-    nucf *= 1 + 0.22 * grain  # chromatin texture
-    # python floats, not numpy float64 scalars: those would promote every float32 layer to float64 (NEP 50)
-    e_scale, h_scale = float(rng.uniform(0.9, 1.1)), float(rng.uniform(0.9, 1.1))
-    # lesion: blend cytoplasm and gap stain with an anti-aliased cell mask; stroma keeps its fibres
-    cellf = np.zeros((height, width), np.float32)
-    if polygons:
-        box = cells[y0:y1, x0:x1].astype(np.float32)
-        cellf[y0:y1, x0:x1] = cv2.GaussianBlur(box, (0, 0), 0.7 * um) * lesion[y0:y1, x0:x1]
-    eos = np.where(lesion, 0.18 + 0.12 * cellf, 0.45 * (1 + 0.22 * fibres)).astype(np.float32)
-    hem = np.where(lesion, 0.05 + 0.37 * cellf, 0.05).astype(np.float32)
-    eos = e_scale * soft * eos * (1 - 0.5 * np.clip(nucf, 0, 1))
-    hem = h_scale * (soft * hem + nucf)
-    background_od = float(rng.uniform(0.045, 0.065))
-    h_vec = HEMATOXYLIN_OD * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    e_vec = EOSIN_OD * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    rgb = np.empty((height, width, 3), np.uint8)
-    for c in range(3):
-        od = eos * float(e_vec[c]) + hem * float(h_vec[c]) + 0.012 * grain + background_od
-        rgb[..., c] = np.clip(np.exp(-od) * 255.0, 0, 255).astype(np.uint8)
-
-    share = float(lesion.sum() / max(1, tissue.sum()))
-    info = {
+def slide_info(scene: Scene, plan: SlidePlan) -> dict[str, Any]:
+    lay = scene.layout
+    return {
         "label": CLASSES[int(plan.malignant)],
         "atypical_nuclei": plan.atypical,
-        "architecture": "glandular" if plan.glandular else "labyrinth",
-        "period_um": round(plan.period_um, 3),
-        "lesion_fraction": round(share, 5),
-        "tissue_fraction": round(float(tissue.mean()), 5),
-        "mpp": mpp,
-        "width": width,
-        "height": height,
+        "architecture": "rosettes" if plan.glandular else "meanders",
+        "gland_step_um": round(plan.gland_step_um, 3),
+        "glands": int(len(scene.glands)),
+        "lesion_fraction": round(lay.lesion_share, 5),
+        "tissue_fraction": round(lay.tissue_fraction, 5),
+        "mpp": lay.mpp,
+        "width": lay.width,
+        "height": lay.height,
+        "generator_version": GENERATOR_VERSION,
     }
-    return SyntheticSlide(rgb, tissue, lesion, polygons, info)
+
+
+def render_full(scene: Scene) -> np.ndarray:
+    """The whole slide at level 0 (for small slides: tests, probes, previews), rendered block by block."""
+    lay = scene.layout
+    rgb = np.empty((lay.height, lay.width, 3), np.uint8)
+    for y in range(0, lay.height, RENDER_BLOCK):
+        for x in range(0, lay.width, RENDER_BLOCK):
+            w, h = min(RENDER_BLOCK, lay.width - x), min(RENDER_BLOCK, lay.height - y)
+            rgb[y:y + h, x:x + w] = scene.render(x, y, w, h)
+    return rgb
 
 
 def _slide_sizes(sizes: dict[str, Any]) -> dict[str, Any]:
@@ -319,14 +226,9 @@ def _slide_sizes(sizes: dict[str, Any]) -> dict[str, Any]:
 
 def make_slide(slide: str, label: str | int | bool, seed: int, **sizes: Any) -> SyntheticSlide:
     """Render one slide in memory (no files): what write_synthetic_slide writes, for tests and benchmarks."""
-    params = _slide_sizes(sizes)
-    malignant = label == "malignant" if isinstance(label, str) else bool(label)
-    if isinstance(label, str) and label not in CLASSES:
-        raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
-    rng = slide_rng(seed, slide)
-    plan = plan_slide(rng, malignant, params["lesion_fraction"])
-    return render_slide(rng, int(params["width"]), int(params["height"]), float(params["mpp"]), plan,
-                        tuple(params["lesion_fraction"]))
+    scene, plan = slide_scene(slide, label, seed, **sizes)
+    tissue, lesion = scene.render_masks()
+    return SyntheticSlide(render_full(scene), tissue, lesion, scene.layout.polygons, slide_info(scene, plan))
 
 
 def lesion_geojson(slide: str, seed: int, polygons: list[np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
@@ -360,12 +262,13 @@ def write_synthetic_slide(
     `sizes` are the `synthetic` config keys (width, height, tile_size, jpeg_quality, lesion_fraction) plus `mpp`.
     """
     params = _slide_sizes(sizes)
-    syn = make_slide(slide, label, seed, **params)
-    write_svs(svs_path, syn.rgb, mpp=float(params["mpp"]), tile_size=int(params["tile_size"]),
-              jpeg_quality=int(params["jpeg_quality"]))
-    write_json(geojson_path, lesion_geojson(slide, seed, syn.polygons, syn.info))
-    log.info("%s: %s", slide, syn.info)
-    return syn.info
+    scene, plan = slide_scene(slide, label, seed, **params)
+    info = slide_info(scene, plan)
+    write_svs_tiled(svs_path, scene.layout.width, scene.layout.height, scene.render, mpp=float(params["mpp"]),
+                    tile_size=int(params["tile_size"]), jpeg_quality=int(params["jpeg_quality"]))
+    write_json(geojson_path, lesion_geojson(slide, seed, scene.layout.polygons, info))
+    log.info("%s: %s", slide, info)
+    return info
 
 
 def generate_synthetic(

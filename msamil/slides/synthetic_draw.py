@@ -1,242 +1,295 @@
-"""Drawing primitives of the synthetic slides: tissue and lesion fields, gland rings or labyrinth, nuclei, fibres.
+"""Pixels of a synthetic slide, rendered tile by tile from its `Scene` (so any slide size fits in bounded memory).
 
-`msamil.slides.synthetic` decides what a slide shows and composes these into stain densities; everything here
-works in level-0 pixels (sizes given in µm are converted by the caller's `um` = pixels per micrometre).
+A tile is drawn on a window with a margin (`MARGIN_UM`), from inputs that do not depend on where tiles start:
+nuclei and glands are lists in slide coordinates, white noise comes in fixed blocks seeded by their position
+(`BlockNoise`), and the tissue field is sampled with one resize's convention. Neighbouring tiles therefore agree
+on every pixel, whatever the tile size.
+
+The cellular cue is chromatin striation. Atypical and regular nuclei share size, shape, stain and density; an
+atypical nucleus also carries stripes of +-STRIATION_GREY grey levels with a period of exactly 2 µm, along x or y,
+on the slide's pixel grid. A 2 µm period is what the demo model's 20x input (1 µm/px) just resolves: its
+antialiased 2x resize of a 0.5 µm/px patch turns the stripes into a one-pixel alternation. Any area average over
+a full period cancels them, and that is what the other scales are made of: the cache reads 10x by averaging 2x2
+level-0 pixels (the stripes become a 1 µm alternation) which the model's 2x resize averages away, and 5x from a
+level averaged over 4x4 pixels, a whole period. At 10x and 5x an atypical nucleus therefore looks like a regular one
+except for what its edges (the stripes fade in over STRIATION_EDGE_UM), the patch borders of the resize and JPEG let
+through. The stripes are added in transmitted intensity, so a nucleus keeps its mean colour in every low-pass view.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-RING_LUMEN = 0.20  # gland ring geometry, in units of the lattice period
-RING_OUTER = 0.46
-LABYRINTH_WAVELENGTH = 0.6  # in units of the lattice period
-CELL_FRACTION = math.pi * (RING_OUTER**2 - RING_LUMEN**2) / (math.sqrt(3) / 2)  # cells / lattice cell area
+from msamil.slides.synthetic_layout import GLAND_LUMEN_UM, GLAND_OUTER_UM, Layout, rasterise
+
+# Optical densities per unit stain (R, G, B): haematoxylin is blue-purple, eosin pink. Colour = 255 * exp(-OD).
+HEMATOXYLIN_OD = np.array([0.55, 0.77, 0.28], np.float32)
+EOSIN_OD = np.array([0.10, 0.85, 0.40], np.float32)
+NUCLEUS_H = 1.6  # haematoxylin density of a nucleus at full value (255)
+EPITHELIUM_H = 0.32  # haematoxylin density of gland epithelium (cytoplasm between the nuclei)
+STRIATION_PERIOD_UM = 2.0  # chromatin striation of atypical nuclei (see the module docstring)
+STRIATION_GREY = 32.0  # its amplitude in grey levels of transmitted intensity (0-255), scaled by the slide's stain
+STRIATION_RGB = np.array([0.9, 1.0, 0.8], np.float32)  # per-channel weight of the stripes
+STRIATION_EDGE_UM = 1.0  # the stripes fade in over this distance (Gaussian) at a nucleus' edge
+MARGIN_UM = 16.0  # context drawn around a tile: the largest nucleus, gland or filter reach
+NOISE_BLOCK = 256  # side of the white-noise blocks, level-0 px
+POLY_VERTICES = 12
+SHIFT = 2  # sub-pixel bits of the drawing coordinates
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Gaussian-blurred white noise, rescaled to zero mean and unit variance."""
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    return (noise - noise.mean()) / (noise.std() + 1e-6)
+class BlockNoise:
+    """Standard normal noise over the whole slide plane, generated in fixed blocks seeded by (key, block x, y):
+    any window reads the same values whatever tile it belongs to."""
+
+    def __init__(self, key: tuple[int, ...], cache_blocks: int = 64) -> None:
+        self.key = key
+        self.cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.cache_blocks = cache_blocks
+
+    def _block(self, bx: int, by: int) -> np.ndarray:
+        block = self.cache.get((bx, by))
+        if block is None:
+            rng = np.random.default_rng([*self.key, bx & 0xFFFFFFFF, by & 0xFFFFFFFF])
+            block = rng.standard_normal((NOISE_BLOCK, NOISE_BLOCK), dtype=np.float32)
+            self.cache[(bx, by)] = block
+            if len(self.cache) > self.cache_blocks:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end((bx, by))
+        return block
+
+    def window(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        out = np.empty((h, w), np.float32)
+        b = NOISE_BLOCK
+        for by in range(y0 // b, (y0 + h - 1) // b + 1):
+            for bx in range(x0 // b, (x0 + w - 1) // b + 1):
+                ys, ye = max(y0, by * b), min(y0 + h, (by + 1) * b)
+                xs, xe = max(x0, bx * b), min(x0 + w, (bx + 1) * b)
+                out[ys - y0:ye - y0, xs - x0:xe - x0] = self._block(bx, by)[ys - by * b:ye - by * b,
+                                                                            xs - bx * b:xe - bx * b]
+        return out
 
 
-def tissue_field(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """Coarse field whose upper level set is the tissue: 1-3 soft blobs with noisy borders, off the slide edge."""
-    ch, cw = shape
-    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
-    fld = np.zeros(shape, np.float32)
-    for _ in range(int(rng.integers(1, 4))):
-        cx, cy = rng.uniform(0.3, 0.7) * cw, rng.uniform(0.3, 0.7) * ch
-        rx, ry = rng.uniform(0.22, 0.36) * cw, rng.uniform(0.22, 0.36) * ch
-        fld += np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2))
-    fld += 0.18 * _smooth_noise(rng, shape, max(1.5, min(shape) / 20))
-    edge = np.minimum.reduce([xx, yy, cw - 1 - xx, ch - 1 - yy]) / (0.08 * min(shape))
-    fld *= np.clip(edge, 0, 1)  # nothing touches the border, so every tissue edge is visible
-    coverage = rng.uniform(0.35, 0.55)
-    return fld, float(np.quantile(fld, 1 - coverage))
-
-
-def lesion_field(
-    rng: np.random.Generator, inside: np.ndarray, period_cells: float
-) -> np.ndarray:
-    """Coarse field whose lower level sets are 1-2 compact lesions, seeded deep inside the tissue."""
-    ch, cw = inside.shape
-    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
-    candidates = np.flatnonzero(dist >= 0.6 * dist.max())
-    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
-    fld = np.full(inside.shape, np.inf, np.float32)
-    for _ in range(1 if rng.random() < 0.6 else 2):
-        cy, cx = np.unravel_index(int(rng.choice(candidates)), inside.shape)
-        angle, aspect = rng.uniform(0, np.pi), rng.uniform(0.55, 1.0)
-        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-        v = (-(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)) / aspect
-        fld = np.minimum(fld, np.hypot(u, v))
-    fld *= 1 + 0.25 * _smooth_noise(rng, inside.shape, max(1.0, period_cells))
-    return fld
-
-
-def lesion_polygons(
-    fld: np.ndarray, inside: np.ndarray, threshold: float, size: tuple[int, int], min_area_px: float
-) -> list[np.ndarray]:
-    """Smooth outer contours (no holes) of `fld <= threshold` within `inside`, in level-0 integer pixels."""
-    width, height = size
-    mid = (max(8, width // 4), max(8, height // 4))
-    big = np.float32(threshold * 4 + 1)
-    masked = np.where(inside, fld, big).astype(np.float32)
-    fine = cv2.resize(masked, mid, interpolation=cv2.INTER_LINEAR)
-    inside_fine = cv2.resize(inside.astype(np.uint8), mid, interpolation=cv2.INTER_NEAREST).astype(bool)
-    mask = ((fine <= threshold) & inside_fine).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    sx, sy = width / mid[0], height / mid[1]
-    polygons = []
-    for contour in contours:
-        simple = cv2.approxPolyDP(contour, 0.75, True)[:, 0, :].astype(np.float64)
-        if len(simple) < 3:
-            continue
-        poly = np.rint(np.column_stack([(simple[:, 0] + 0.5) * sx, (simple[:, 1] + 0.5) * sy])).astype(np.int64)
-        if cv2.contourArea(poly.astype(np.float32)) >= min_area_px:
-            polygons.append(poly)
-    polygons.sort(key=lambda p: (int(p[:, 1].min()), int(p[:, 0].min())))
-    return polygons
-
-
-def rasterise(polygons: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    mask = np.zeros((size[1], size[0]), np.uint8)
-    if polygons:
-        cv2.fillPoly(mask, [p.astype(np.int32) for p in polygons], 1)
-    return mask.astype(bool)
-
-
-def architecture(
-    rng: np.random.Generator, shape: tuple[int, int], period_px: float, glandular: bool
-) -> np.ndarray:
-    """Cell mask (uint8 0/1) of a lesion box: gland rings on a jittered hexagonal lattice, or a labyrinth.
-
-    The labyrinth is band-pass noise at the same period, thresholded to the rings' cell fraction, so bands and
-    gaps have the same widths and shares; only their arrangement (closed rings vs random cords) differs.
-    """
-    h, w = shape
-    if glandular:
-        mask = np.zeros(shape, np.uint8)
-        theta, off = rng.uniform(0, np.pi / 3), rng.uniform(0, period_px, 2)
-        reach = int(math.ceil(math.hypot(h, w) / period_px)) + 2
-        i, j = np.meshgrid(np.arange(-reach, reach + 1), np.arange(-reach, reach + 1))
-        lx = (i + 0.5 * (j % 2)) * period_px
-        ly = j * period_px * math.sqrt(3) / 2
-        cx = w / 2 + off[0] + lx * math.cos(theta) - ly * math.sin(theta)
-        cy = h / 2 + off[1] + lx * math.sin(theta) + ly * math.cos(theta)
-        keep = (cx > -period_px) & (cx < w + period_px) & (cy > -period_px) & (cy < h + period_px)
-        cx, cy = cx[keep].ravel(), cy[keep].ravel()
-        jitter = rng.normal(0, 0.04 * period_px, (2, cx.size))
-        scale = rng.uniform(0.93, 1.03, cx.size)
-        mid, band = (RING_LUMEN + RING_OUTER) / 2 * period_px, (RING_OUTER - RING_LUMEN) * period_px
-        for x, y, s in zip(cx + jitter[0], cy + jitter[1], scale, strict=True):
-            cv2.circle(mask, (int(round(x * 4)), int(round(y * 4))), int(round(mid * s * 4)), 1,
-                       max(1, int(round(band * s))), cv2.LINE_8, 2)
-        return mask
-    # A ring lattice has three gaps per lattice cell (a lumen and two interstitial triangles), so the labyrinth's
-    # wavelength is shorter than the lattice period to give gaps of the same size and spacing.
-    step = LABYRINTH_WAVELENGTH * period_px / 8  # 8 samples per wavelength suffice for a band-limited field
-    gh, gw = max(16, math.ceil(h / step) + 1), max(16, math.ceil(w / step) + 1)
-    spectrum = np.fft.rfft2(rng.standard_normal((gh, gw)))
-    ky = np.fft.fftfreq(gh)[:, None]
-    kx = np.fft.rfftfreq(gw)[None, :]
-    k0 = 1 / 8
-    radial = np.hypot(ky, kx)
-    noise = np.fft.irfft2(spectrum * np.exp(-(((radial - k0) / (0.3 * k0)) ** 2)), s=(gh, gw)).astype(np.float32)
-    fine = cv2.resize(noise, (int(round(gw * step)), int(round(gh * step))), interpolation=cv2.INTER_CUBIC)[:h, :w]
-    threshold = np.quantile(fine[:: max(1, h // 256), :: max(1, w // 256)], 1 - CELL_FRACTION)
-    return (fine > threshold).astype(np.uint8)
+def noise_key(seed: int, slide: str, stream: str) -> tuple[int, int, int]:
+    return int(seed), zlib.crc32(slide.encode()), zlib.crc32(stream.encode())
 
 
 @dataclass
 class Nuclei:
-    """Nuclei to draw: centres, semi-axes and orientation in level-0 pixels, stain value 0..255, shape."""
+    """Nuclei of one kind in slide coordinates (level-0 px), sorted by y for fast window queries."""
 
     x: np.ndarray
     y: np.ndarray
-    a: np.ndarray
+    a: np.ndarray  # semi-axes
     b: np.ndarray
-    angle: np.ndarray
-    value: np.ndarray
-    irregular: bool
+    angle: np.ndarray  # radians
+    value: np.ndarray  # 0-255 stain strength
+    wobble: np.ndarray  # (n, POLY_VERTICES) radial factors: irregular outlines
+    striated: np.ndarray  # bool: atypical (striated chromatin)
+    stripes_y: np.ndarray  # bool: stripes vary along y (horizontal stripes) rather than along x
+
+    @classmethod
+    def make(cls, rng: np.random.Generator, pts: np.ndarray, a: np.ndarray, b: np.ndarray, angle: np.ndarray,
+             value: np.ndarray, wobble_range: tuple[float, float], striated: bool) -> Nuclei:
+        n = len(pts)
+        wob = rng.uniform(*wobble_range, (n, POLY_VERTICES)).astype(np.float32)
+        wob = (wob + np.roll(wob, 1, axis=1)) / 2  # irregular but not spiky
+        stripes_y = rng.random(n) < 0.5
+        striated_ = np.full(n, bool(striated))
+        order = np.argsort(pts[:, 1], kind="stable") if n else np.zeros(0, np.int64)
+        return cls(pts[order, 0], pts[order, 1], a[order], b[order], angle[order], value[order], wob[order],
+                   striated_[order], stripes_y[order])
+
+    @classmethod
+    def concat(cls, parts: list[Nuclei]) -> Nuclei:
+        fields = {k: np.concatenate([getattr(p, k) for p in parts]) for k in cls.__dataclass_fields__}
+        order = np.argsort(fields["y"], kind="stable")
+        return cls(**{k: v[order] for k, v in fields.items()})
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def window(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Indices of nuclei whose centre lies in [x0, x1) x [y0, y1)."""
+        lo, hi = np.searchsorted(self.y, [y0, y1])
+        idx = np.arange(lo, hi)
+        return idx[(self.x[idx] >= x0) & (self.x[idx] < x1)]
+
+    def outlines(self, idx: np.ndarray, ox: float, oy: float) -> list[np.ndarray]:
+        """Polygons (fixed-point, SHIFT bits) of nuclei `idx` in a window whose origin is (ox, oy)."""
+        t = np.linspace(0, 2 * np.pi, POLY_VERTICES, endpoint=False)
+        w = self.wobble[idx]
+        px = self.a[idx, None] * w * np.cos(t)
+        py = self.b[idx, None] * w * np.sin(t)
+        ca, sa = np.cos(self.angle[idx])[:, None], np.sin(self.angle[idx])[:, None]
+        xs = self.x[idx, None] - ox + px * ca - py * sa
+        ys = self.y[idx, None] - oy + px * sa + py * ca
+        pts = np.rint(np.stack([xs, ys], axis=-1) * (1 << SHIFT)).astype(np.int32)
+        return list(pts)
 
 
-def grid_points(rng: np.random.Generator, box: tuple[int, int, int, int], spacing: float) -> np.ndarray:
-    """A jittered square grid (cells in epithelium sit at roughly even spacing) inside box=(x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = box
-    xs = np.arange(x0 + spacing / 2, x1, spacing)
-    ys = np.arange(y0 + spacing / 2, y1, spacing)
-    gx, gy = np.meshgrid(xs, ys)
-    pts = np.column_stack([gx.ravel(), gy.ravel()])
-    return pts + rng.uniform(-0.3, 0.3, pts.shape) * spacing
-
-
-def select(points: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.rint(points[:, 0]).astype(int), 0, mask.shape[1] - 1)
-    iy = np.clip(np.rint(points[:, 1]).astype(int), 0, mask.shape[0] - 1)
-    return points[mask[iy, ix]]
-
-
-def lesion_nuclei(rng: np.random.Generator, pts: np.ndarray, atypical: bool, um: float) -> Nuclei:
-    """Regular: small, round, mid-purple. Atypical: large, pleomorphic, irregular and dark."""
-    n = len(pts)
-    if atypical:
-        r = rng.uniform(3.6, 6.0, n) * um
-        aspect = rng.uniform(0.65, 1.0, n)
-        value = rng.uniform(215, 250, n)
-    else:
-        r = rng.uniform(2.5, 3.0, n) * um
-        aspect = rng.uniform(0.85, 1.0, n)
-        value = rng.uniform(140, 165, n)
-    return Nuclei(pts[:, 0], pts[:, 1], r, r * aspect, rng.uniform(0, 180, n), value, atypical)
-
-
-def spindle_nuclei(rng: np.random.Generator, pts: np.ndarray, fibre_deg: float, um: float) -> Nuclei:
-    n = len(pts)
-    return Nuclei(
-        pts[:, 0], pts[:, 1], rng.uniform(4.0, 6.0, n) * um, rng.uniform(1.2, 1.8, n) * um,
-        fibre_deg + rng.normal(0, 15, n), rng.uniform(130, 160, n), False,
-    )
-
-
-def draw_nuclei(canvas: np.ndarray, nuclei: Nuclei, rng: np.random.Generator) -> None:
-    """Draw filled nuclei into a uint8 haematoxylin canvas (sub-pixel precise, anti-aliased)."""
-    shift, f = 2, 4.0
-    if not nuclei.irregular:
-        for x, y, a, b, ang, v in zip(nuclei.x, nuclei.y, nuclei.a, nuclei.b, nuclei.angle, nuclei.value,
-                                      strict=True):
-            cv2.ellipse(canvas, (int(x * f), int(y * f)), (max(1, int(a * f)), max(1, int(b * f))), float(ang),
-                        0, 360, int(v), -1, cv2.LINE_AA, shift)
+def draw_nuclei(canvas: np.ndarray, nuclei: Nuclei, idx: np.ndarray, ox: float, oy: float,
+                value: int | None = None) -> None:
+    """Fill nuclei `idx` into a uint8 canvas (anti-aliased), grouped by stain value (8 levels) for speed."""
+    if not len(idx):
         return
-    k = 11
-    t = np.linspace(0, 2 * np.pi, k, endpoint=False)
-    wobble = rng.uniform(0.72, 1.25, (len(nuclei.x), k))
-    wobble = (wobble + np.roll(wobble, 1, axis=1)) / 2  # irregular but not spiky
-    for idx in range(len(nuclei.x)):
-        ang = np.deg2rad(nuclei.angle[idx])
-        px = nuclei.a[idx] * wobble[idx] * np.cos(t)
-        py = nuclei.b[idx] * wobble[idx] * np.sin(t)
-        xs = nuclei.x[idx] + px * np.cos(ang) - py * np.sin(ang)
-        ys = nuclei.y[idx] + px * np.sin(ang) + py * np.cos(ang)
-        pts = np.rint(np.column_stack([xs, ys]) * f).astype(np.int32)
-        cv2.fillPoly(canvas, [pts], int(nuclei.value[idx]), cv2.LINE_AA, shift)
+    polys = nuclei.outlines(idx, ox, oy)
+    levels = np.clip((nuclei.value[idx] // 8) * 8 + 4, 0, 255).astype(int) if value is None else np.full(len(idx), value)
+    for level in np.unique(levels):
+        cv2.fillPoly(canvas, [polys[k] for k in np.flatnonzero(levels == level)], int(level), cv2.LINE_AA, SHIFT)
 
 
-def decoy_clusters(
-    rng: np.random.Generator, stroma: np.ndarray, tissue_um2: float, um: float
-) -> np.ndarray:
-    """Centres of small groups of atypical nuclei in normal stroma: 20x decoys present in every slide."""
-    n_clusters = max(1, round(tissue_um2 / 5e5))
-    dist = cv2.distanceTransform(stroma.astype(np.uint8), cv2.DIST_L2, 3)
-    candidates = np.flatnonzero(dist > 30 * um)
-    if not len(candidates):
-        return np.zeros((0, 2))
-    pts = []
-    for idx in rng.choice(candidates, n_clusters):
-        cy, cx = np.unravel_index(int(idx), stroma.shape)
-        count = int(rng.integers(8, 15))
-        ang, rad = rng.uniform(0, 2 * np.pi, count), np.sqrt(rng.uniform(0, 1, count)) * 22 * um
-        pts.append(np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)]))
-    return np.concatenate(pts)
+def draw_glands(cells: np.ndarray, lumens: np.ndarray, glands: np.ndarray, radii: np.ndarray,
+                ox: float, oy: float, um: float) -> None:
+    """Gland epithelium (annulus) into `cells` and lumen discs into `lumens`, both uint8 255 = inside."""
+    f = 1 << SHIFT
+    for (x, y), (r_out, r_lumen) in zip(glands, radii, strict=True):
+        centre = (int(round((x - ox) * f)), int(round((y - oy) * f)))
+        cv2.circle(cells, centre, int(round(r_out * um * f)), 255, -1, cv2.LINE_AA, SHIFT)
+        cv2.circle(lumens, centre, int(round(r_lumen * um * f)), 255, -1, cv2.LINE_AA, SHIFT)
 
 
-def fibre_texture(rng: np.random.Generator, size: tuple[int, int], angle_deg: float, um: float) -> np.ndarray:
-    """Streaky stroma texture: noise smeared along one direction (collagen fibres), made at half resolution."""
-    width, height = size
-    half = (max(4, width // 2), max(4, height // 2))
-    noise = rng.standard_normal((half[1], half[0]), dtype=np.float32)
-    length = max(3, int(6 * um) | 1)
+def fibre_kernel(angle_deg: float, um: float) -> np.ndarray:
+    """A 6 µm line along the fibre direction, blurred by 0.5 µm, scaled to unit L2 norm (unit output variance)."""
+    length = max(3, int(6 * um) | 1) + 2 * max(1, int(math.ceil(1.5 * um)))
     kernel = np.zeros((length, length), np.float32)
-    c = length // 2
+    c, r = length // 2, max(1, int(6 * um) // 2)
     dx, dy = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    cv2.line(kernel, (int(round(c - dx * c)), int(round(c - dy * c))), (int(round(c + dx * c)), int(round(c + dy * c))),
+    cv2.line(kernel, (int(round(c - dx * r)), int(round(c - dy * r))), (int(round(c + dx * r)), int(round(c + dy * r))),
              1.0, 1)
-    smeared = cv2.filter2D(noise, -1, kernel / kernel.sum())
-    smeared /= smeared.std() + 1e-6
-    return cv2.resize(smeared, size, interpolation=cv2.INTER_LINEAR)
+    kernel = cv2.GaussianBlur(kernel, (0, 0), 0.5 * um)
+    return (kernel / np.sqrt((kernel**2).sum())).astype(np.float32)
+
+
+def gland_radii(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.column_stack([rng.uniform(*GLAND_OUTER_UM, n), rng.uniform(*GLAND_LUMEN_UM, n)])
+
+
+@dataclass
+class Stain:
+    """Per-slide stain variation (independent of the label): strengths, stain vectors, glass background."""
+
+    e_scale: float
+    h_scale: float
+    background_od: float
+    h_vec: np.ndarray
+    e_vec: np.ndarray
+
+    @classmethod
+    def neutral(cls) -> Stain:
+        """The middle of every range: probes use it so that only the cues vary between their regions."""
+        return cls(1.0, 1.0, 0.055, HEMATOXYLIN_OD.copy(), EOSIN_OD.copy())
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Stain:
+        return cls(float(rng.uniform(0.9, 1.1)), float(rng.uniform(0.9, 1.1)), float(rng.uniform(0.045, 0.065)),
+                   (HEMATOXYLIN_OD * rng.uniform(0.95, 1.05, 3)).astype(np.float32),
+                   (EOSIN_OD * rng.uniform(0.95, 1.05, 3)).astype(np.float32))
+
+
+@dataclass
+class Scene:
+    """Everything a slide shows, in slide coordinates; `render` turns any window of it into RGB pixels."""
+
+    layout: Layout
+    glands: np.ndarray  # (n, 2) centres, level-0 px, sorted by y
+    radii: np.ndarray  # (n, 2) outer and lumen radius, µm
+    nuclei: Nuclei
+    fibre_deg: float
+    stain: Stain
+    noise: dict[str, BlockNoise]
+    fibre_kernel: np.ndarray  # unit-L2 smear kernel of the stroma fibres
+
+    @property
+    def um(self) -> float:
+        return 1.0 / self.layout.mpp
+
+    def masks(self, x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(soft tissue 0..1, tissue, lesion) over a window."""
+        field = self.layout.tissue_window(x0, y0, w, h)
+        tissue = field > 0
+        lesion = rasterise(self.layout.polygons, (w, h), (x0, y0)) & tissue
+        return np.clip(field / 0.04 + 0.5, 0, 1), tissue, lesion
+
+    def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of the level-0 window at (x0, y0)."""
+        m = int(math.ceil(MARGIN_UM * self.um))
+        ex, ey, ew, eh = x0 - m, y0 - m, w + 2 * m, h + 2 * m
+        soft, tissue, lesion = self.masks(ex, ey, ew, eh)
+        grain = self.noise["grain"].window(ex, ey, ew, eh)
+        eos = hem = np.zeros((eh, ew), np.float32)
+        stripes = None
+        if tissue.any():  # glass needs no stain
+            eos, hem, stripes = self._stains(soft, tissue, lesion, grain, ex, ey, ew, eh)
+        st = self.stain
+        intensity = np.empty((eh, ew, 3), np.float32)
+        for c in range(3):
+            od = eos * float(st.e_vec[c]) + hem * float(st.h_vec[c]) + 0.012 * grain + st.background_od
+            intensity[..., c] = np.exp(-od) * 255.0
+        if stripes is not None:
+            intensity += stripes[..., None] * ((st.h_scale * STRIATION_GREY) * STRIATION_RGB)
+        rgb = np.clip(np.rint(intensity), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb[m:m + h, m:m + w])
+
+    def _stains(self, soft: np.ndarray, tissue: np.ndarray, lesion: np.ndarray, grain: np.ndarray, ex: int, ey: int,
+                ew: int, eh: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Eosin and haematoxylin densities of a window with tissue, and the striation (None if no atypical
+        nucleus is near)."""
+        um, st, m = self.um, self.stain, int(math.ceil(MARGIN_UM * self.um))
+        stroma = tissue & ~lesion
+        cellf = lumenf = np.zeros((eh, ew), np.float32)
+        if lesion.any():
+            cells, lumens = np.zeros((eh, ew), np.uint8), np.zeros((eh, ew), np.uint8)
+            lo, hi = np.searchsorted(self.glands[:, 1], [ey - m, ey + eh + m]) if len(self.glands) else (0, 0)
+            sel = np.arange(lo, hi)
+            sel = sel[(self.glands[sel, 0] >= ex - m) & (self.glands[sel, 0] < ex + ew + m)]
+            draw_glands(cells, lumens, self.glands[sel], self.radii[sel], ex, ey, um)
+            cellf = cv2.GaussianBlur(cells, (0, 0), 0.7 * um).astype(np.float32) / 255 * lesion
+            lumenf = cv2.GaussianBlur(lumens, (0, 0), 0.5 * um).astype(np.float32) / 255 * lesion
+
+        idx = self.nuclei.window(ex - m, ey - m, ex + ew + m, ey + eh + m)
+        nuc = np.zeros((eh, ew), np.uint8)
+        draw_nuclei(nuc, self.nuclei, idx, ex, ey)
+        nucf = cv2.GaussianBlur(nuc, (0, 0), 0.5 * um).astype(np.float32) * (NUCLEUS_H / 255.0)
+        nucf *= (1 + 0.15 * grain) * soft
+
+        fibres = self._fibres(ex, ey, ew, eh) if stroma.any() else np.zeros((eh, ew), np.float32)
+        # lesion: pale lesion stroma, purple gland epithelium, clear lumens; stroma: pink fibres
+        eos = np.where(lesion, 0.32 + 0.05 * cellf - 0.25 * lumenf,
+                       0.45 * (1 + 0.22 * fibres) * stroma).astype(np.float32)
+        hem = np.where(lesion, 0.10 + EPITHELIUM_H * cellf - 0.08 * lumenf, 0.05 * stroma).astype(np.float32)
+        eos = st.e_scale * soft * eos * (1 - 0.5 * np.clip(nucf, 0, 1))
+        hem = st.h_scale * (soft * hem + nucf)
+        striated = idx[self.nuclei.striated[idx]]
+        return eos, hem, self._striation(striated, ex, ey, ew, eh) if len(striated) else None
+
+    def _striation(self, idx: np.ndarray, ex: int, ey: int, ew: int, eh: int) -> np.ndarray:
+        """+-1 stripes of period STRIATION_PERIOD_UM on the slide's pixel grid inside nuclei `idx` (along x or y
+        per nucleus), faded in at their edges."""
+        masks = []
+        for along_y in (False, True):
+            canvas = np.zeros((eh, ew), np.uint8)
+            draw_nuclei(canvas, self.nuclei, idx[self.nuclei.stripes_y[idx] == along_y], ex, ey, value=255)
+            masks.append(cv2.GaussianBlur(canvas, (0, 0), STRIATION_EDGE_UM * self.um).astype(np.float32) / 255)
+        mpp = self.layout.mpp
+        phase_x = ((np.arange(ex, ex + ew) + 0.5) * mpp) % STRIATION_PERIOD_UM < STRIATION_PERIOD_UM / 2
+        phase_y = ((np.arange(ey, ey + eh) + 0.5) * mpp) % STRIATION_PERIOD_UM < STRIATION_PERIOD_UM / 2
+        sx = np.where(phase_x, 1.0, -1.0).astype(np.float32)[None, :]
+        sy = np.where(phase_y, 1.0, -1.0).astype(np.float32)[:, None]
+        return masks[0] * sx + masks[1] * sy
+
+    def _fibres(self, ex: int, ey: int, ew: int, eh: int) -> np.ndarray:
+        """Streaky stroma texture (collagen fibres), unit variance: white noise through `fibre_kernel`."""
+        noise = self.noise["fibres"].window(ex, ey, ew, eh)
+        return cv2.filter2D(noise, -1, self.fibre_kernel, borderType=cv2.BORDER_CONSTANT)
+
+    def render_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-slide tissue and lesion masks (small slides only: tests and previews)."""
+        _, tissue, lesion = self.masks(0, 0, self.layout.width, self.layout.height)
+        return tissue, lesion
