@@ -182,11 +182,6 @@ class Stain:
     e_vec: np.ndarray
 
     @classmethod
-    def neutral(cls) -> Stain:
-        """The middle of every range: probes use it so that only the cues vary between their regions."""
-        return cls(1.0, 1.0, 0.055, HEMATOXYLIN_OD.copy(), EOSIN_OD.copy())
-
-    @classmethod
     def draw(cls, rng: np.random.Generator) -> Stain:
         return cls(float(rng.uniform(0.9, 1.1)), float(rng.uniform(0.9, 1.1)), float(rng.uniform(0.045, 0.065)),
                    (HEMATOXYLIN_OD * rng.uniform(0.95, 1.05, 3)).astype(np.float32),

@@ -26,6 +26,7 @@ from msamil.config import SCALE_FACTOR, SCALES
 from msamil.slides.slide import Slide
 from msamil.slides.svs import write_svs_tiled
 from msamil.slides.synthetic import GLAND_STEP_UM, SlidePlan, slide_rng
+from msamil.slides.synthetic_draw import Stain
 from msamil.slides.synthetic_scene import build_scene, lesion_only_layout
 
 CUES = ("cellular", "architectural")
@@ -42,9 +43,8 @@ class ProbePatches:
     regions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def region_plan(cue: str, positive: bool, other: bool, rng: np.random.Generator) -> SlidePlan:
+def region_plan(cue: str, positive: bool, other: bool, step: float) -> SlidePlan:
     """The plan of one probe region: the probed cue set by `positive`, the other cue by `other`."""
-    step = float(rng.uniform(*GLAND_STEP_UM))
     if cue == "cellular":
         return SlidePlan(positive, other, 1.0, step)
     if cue == "architectural":
@@ -53,25 +53,27 @@ def region_plan(cue: str, positive: bool, other: bool, rng: np.random.Generator)
 
 
 def probe_patches(cue: str, seed: int, n_regions: int, region_px: int = 1024, patch_px: int = 64,
-                  mpp_20x: float = 0.5, per_region: int | None = None, neutral_stain: bool = True,
+                  mpp_20x: float = 0.5, per_region: int | None = None,
                   workdir: str | Path | None = None) -> ProbePatches:
     """`n_regions` regions per class, each `region_px` square at `mpp_20x` µm/px, cut into cache-grid patches.
 
-    Patches are correlated within a region (one stain, one gland lattice), so what counts is the number of
-    regions: many small ones beat a few large ones. The other cue alternates between regions, so it is balanced
-    in each class. At most `per_region` patches per scale and region are kept (a seeded random subset).
+    Regions come in matched pairs: region i of each class shares the nuisance (stain, gland step, the other cue,
+    which alternates between pairs) and differs in the probed cue and in its own random geometry. Nuisance is then
+    identical in both classes, not merely independent of the label, so a probe cannot mistake a few regions'
+    stains for a cue. At most `per_region` patches per scale and region are kept (a seeded random subset).
     """
     out = ProbePatches()
     rows: dict[str, list[tuple[np.ndarray, int, int]]] = {s: [] for s in SCALES}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for label in (0, 1):
             for i in range(n_regions):
+                pair = slide_rng(seed, f"probe_{cue}_pair_{i:03d}")
+                stain, step = Stain.draw(pair), float(pair.uniform(*GLAND_STEP_UM))
                 key = f"probe_{cue}_{label}_{i:03d}"
                 rng = slide_rng(seed, key)
-                plan = region_plan(cue, bool(label), i % 2 == 0, rng)
+                plan = region_plan(cue, bool(label), i % 2 == 0, step)
                 layout = lesion_only_layout(region_px, region_px, mpp_20x)
-                scene = build_scene(rng, key, seed, region_px, region_px, mpp_20x, plan, (1.0, 1.0), layout,
-                                    neutral_stain)
+                scene = build_scene(rng, key, seed, region_px, region_px, mpp_20x, plan, (1.0, 1.0), layout, stain)
                 path = Path(tmp) / f"{key}.svs"
                 write_svs_tiled(path, region_px, region_px, scene.render, mpp=mpp_20x)
                 region = i  # regions are numbered per class; (label, region) names one

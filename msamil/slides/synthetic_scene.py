@@ -44,11 +44,11 @@ DECOY_AREA_UM2 = 5e5  # tissue area per decoy cluster
 
 def build_scene(rng: np.random.Generator, slide: str, seed: int, width: int, height: int, mpp: float,
                 plan: SlidePlan, lesion_range: tuple[float, float], layout: Layout | None = None,
-                neutral_stain: bool = False) -> Scene:
+                stain: Stain | None = None) -> Scene:
     """Everything the slide shows, decided from `rng` in a fixed order (so the same seed gives the same slide).
 
-    `layout` replaces the planned tissue and lesions and `neutral_stain` the slide's stain variation (the cue
-    probes use regions that are all lesion, with one stain, so that only the cues differ between them).
+    `layout` replaces the planned tissue and lesions and `stain` the slide's own stain (the cue probes use regions
+    that are all lesion, and give both regions of a matched pair the same stain).
     """
     if layout is None:
         layout = plan_layout(rng, width, height, mpp, plan.lesion_fraction, 90.0, lesion_range)
@@ -63,9 +63,8 @@ def build_scene(rng: np.random.Generator, slide: str, seed: int, width: int, hei
         _spindle_nuclei(rng, compartments, fibre_deg, mpp),
         _decoy_nuclei(rng, compartments, mpp),
     ])
-    stain = Stain.draw(rng)
-    if neutral_stain:
-        stain = Stain.neutral()
+    drawn = Stain.draw(rng)
+    stain = drawn if stain is None else stain
     noise = {name: BlockNoise(noise_key(seed, slide, name)) for name in ("grain", "fibres")}
     return Scene(layout, glands, radii, nuclei, fibre_deg, stain, noise, fibre_kernel(fibre_deg, 1.0 / mpp))
 
