@@ -126,8 +126,20 @@ def logistic_auc(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 
 def backbone_auc(train_x: Any, train_y: np.ndarray, test_x: Any, test_y: np.ndarray, model_cfg: dict[str, Any],
-                 epochs: int, seed: int, batch: int = 32, lr: float = 3e-3) -> float:
+                 epochs: int, seed: int, batch: int = 32, lr: float = 1e-3) -> float:
     """Train the demo backbone with a one-logit head on single-scale patches (random dihedral flips), score AUC."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny inputs: one thread is fastest, and a busy machine never oversubscribes
+    try:
+        return _train_and_score(train_x, train_y, test_x, test_y, model_cfg, epochs, seed, batch, lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_score(train_x: Any, train_y: np.ndarray, test_x: Any, test_y: np.ndarray, model_cfg: dict[str, Any],
+                     epochs: int, seed: int, batch: int, lr: float) -> float:
     import timm
     import torch
     from sklearn.metrics import roc_auc_score
