@@ -5,7 +5,7 @@ For each cue, renders lesion-only regions of both kinds (the other cue balanced)
 the demo backbone (test_efficientnet, stride 16, 32 px input) with a one-logit head, and a logistic regression on
 colour and texture statistics. Larger and over more generator seeds than tests/test_synthetic_cues.py.
 
-    .venv/bin/python benchmarks/bench_cue_probes.py --seeds 101 202 --regions 18 --epochs 30
+    .venv/bin/python benchmarks/bench_cue_probes.py --seeds 101 202 --regions 18 --epochs 25
     .venv/bin/python benchmarks/bench_cue_probes.py --no-write      # print only
 
 Writes a table and a figure (benchmarks/figures/cue_probes.png: example patches as the model sees them) into the
@@ -25,7 +25,14 @@ import torch
 from results_md import update_section
 
 from msamil.config import SCALES
-from msamil.slides.synthetic_probes import CUES, DEMO_BACKBONE, ProbePatches, probe_patches, run_probes
+from msamil.slides.synthetic_probes import (
+    CUES,
+    DEMO_BACKBONE,
+    REGION_PX,
+    ProbePatches,
+    probe_patches,
+    run_probes,
+)
 
 FIGURE = Path(__file__).resolve().parent / "figures" / "cue_probes.png"
 
@@ -53,8 +60,9 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, seconds: float) -> s
         "## What each scale sees of the synthetic cues (`msamil.slides.synthetic_probes`, issue 13)",
         "",
         f"Patch-level test AUC of two probes per scale, generator seeds {', '.join(map(str, args.seeds))} (never the "
-        f"default seed 0), {args.regions} lesion-only regions of 1024 x 1024 px per class and seed (every third one "
-        f"held out), the other cue balanced, one neutral stain. Probes: the demo backbone "
+        f"default seed 0), {args.regions} lesion-only regions per class and seed (side in px: {REGION_PX}; every "
+        f"third one held out, at most {args.per_region} patches per region and scale) in matched pairs: region i of "
+        f"both classes shares stain, gland step and the other cue (balanced). Probes: the demo backbone "
         f"({DEMO_BACKBONE['backbone']}, {DEMO_BACKBONE['backbone_kwargs']}, {DEMO_BACKBONE['input_px']} px input) "
         f"trained {args.epochs} epochs on single-scale patches, and a logistic regression on per-channel colour "
         f"percentiles, gradient and Laplacian energy. Mean [min, max] over seeds. Design: a cue is seen where a probe "
@@ -75,7 +83,7 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, seconds: float) -> s
         "",
         f"Wall time {seconds / 60:.1f} min on this machine (shared, 1 torch thread). Reproduce: "
         f"`.venv/bin/python benchmarks/bench_cue_probes.py --seeds {' '.join(map(str, args.seeds))} "
-        f"--regions {args.regions} --epochs {args.epochs}`",
+        f"--regions {args.regions} --epochs {args.epochs} --per-region {args.per_region}`",
     ]
     return "\n".join(lines)
 
@@ -84,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[101, 202])
     parser.add_argument("--regions", type=int, default=18, help="regions per class and seed")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--per-region", type=int, default=64, help="patches per region and scale")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,7 +101,7 @@ def main() -> None:
     rows, examples = [], {}
     for seed in args.seeds:
         for cue in CUES:
-            data = probe_patches(cue, seed, args.regions, per_region=48)
+            data = probe_patches(cue, seed, args.regions, per_region=args.per_region)
             examples.setdefault(cue, data)
             for result in run_probes(data, epochs=args.epochs, seed=seed):
                 rows.append({"seed": seed, "cue": cue, **result})

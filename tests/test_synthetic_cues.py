@@ -15,13 +15,11 @@ from msamil.slides.synthetic_probes import probe_patches, run_probes
 SEED = 7
 REGIONS = 12  # per class; every third region is held out
 PER_REGION = 64  # patches per scale and region
-# a region must hold enough 5x patches (128 um each) for the architecture, which spans hundreds of um
-REGION_PX = {"cellular": 1024, "architectural": 2048}
 EPOCHS = 25
 
 
 def _aucs(cue: str) -> dict[tuple[str, str], float]:
-    data = probe_patches(cue, SEED, REGIONS, region_px=REGION_PX[cue], per_region=PER_REGION)
+    data = probe_patches(cue, SEED, REGIONS, per_region=PER_REGION)
     results = run_probes(data, epochs=EPOCHS, seed=SEED)
     aucs = {(r["scale"], r["probe"]): r["auc"] for r in results}
     print(cue, {k: round(v, 3) for k, v in aucs.items()})

@@ -30,6 +30,9 @@ from msamil.slides.synthetic_draw import Stain
 from msamil.slides.synthetic_scene import build_scene, lesion_only_layout
 
 CUES = ("cellular", "architectural")
+# region side (px at 20x) per cue: an architectural region must hold enough 5x patches (128 um each), since the
+# arrangement spans hundreds of um
+REGION_PX = {"cellular": 1024, "architectural": 2048}
 DEMO_BACKBONE = {"backbone": "test_efficientnet", "backbone_kwargs": {"output_stride": 16}, "input_px": 32}
 
 
@@ -52,16 +55,18 @@ def region_plan(cue: str, positive: bool, other: bool, step: float) -> SlidePlan
     raise ValueError(f"cue must be one of {CUES}, got {cue!r}")
 
 
-def probe_patches(cue: str, seed: int, n_regions: int, region_px: int = 1024, patch_px: int = 64,
+def probe_patches(cue: str, seed: int, n_regions: int, region_px: int | None = None, patch_px: int = 64,
                   mpp_20x: float = 0.5, per_region: int | None = None,
                   workdir: str | Path | None = None) -> ProbePatches:
-    """`n_regions` regions per class, each `region_px` square at `mpp_20x` µm/px, cut into cache-grid patches.
+    """`n_regions` regions per class, each `region_px` square (default: REGION_PX) at `mpp_20x` µm/px, cut into
+    cache-grid patches.
 
     Regions come in matched pairs: region i of each class shares the nuisance (stain, gland step, the other cue,
     which alternates between pairs) and differs in the probed cue and in its own random geometry. Nuisance is then
     identical in both classes, not merely independent of the label, so a probe cannot mistake a few regions'
     stains for a cue. At most `per_region` patches per scale and region are kept (a seeded random subset).
     """
+    region_px = region_px or REGION_PX[cue]
     out = ProbePatches()
     rows: dict[str, list[tuple[np.ndarray, int, int]]] = {s: [] for s in SCALES}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
