@@ -75,13 +75,13 @@ def test_paper_preset_is_complete():
 
 def test_synthetic_benchmark_preset_is_the_demo_at_size():
     """presets/synthetic_benchmark.yaml differs from the demo only in what its header says: slide and patient
-    counts, folds, and the methods (a subset: the claims' methods, defined exactly as in the demo)."""
+    counts, and the methods (a subset: the claims' methods, defined exactly as in the demo)."""
     demo = load_default_config()
     bench = yaml.safe_load((REPO / "presets" / "synthetic_benchmark.yaml").read_text())
     assert bench["methods"] and all(bench["methods"][m] == demo["methods"][m] for m in bench["methods"])
     assert {"msamil", "msamil_20x_only", "msamil_10x_only", "msamil_5x_only"} <= set(bench["methods"])
     differ = {k for k in leaves(demo) | leaves(bench) if leaves(demo).get(k) != leaves(bench).get(k)}
-    allowed = {("synthetic", "n_slides"), ("synthetic", "n_patients"), ("splits", "folds")}
+    allowed = {("synthetic", "n_slides"), ("synthetic", "n_patients")}
     assert {k for k in differ if k[0] != "methods"} == allowed
     assert bench["synthetic"]["n_slides"] >= 250
 
