@@ -38,9 +38,9 @@ def run_size(width: int, height: int, workdir: Path) -> pd.DataFrame:
                              "height": height})
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(config),
-           "--workflow-profile", "none", "--cores", "2", "--resources", "mem_mb=100000",
-           "results/synthetic/cache/syn_000.h5"]
+    # the target goes first: `--resources` takes any number of values and would swallow it
+    cmd = [SNAKEMAKE, "results/synthetic/cache/syn_000.h5", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(config), "--workflow-profile", "none", "--cores", "2", "--resources", "mem_mb=100000"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

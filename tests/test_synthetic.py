@@ -229,3 +229,22 @@ def test_rules_generate_table_and_slide(tmp_path, repo_root):
     with openslide.OpenSlide(str(tmp_path / "run" / targets[1])) as osr:
         assert osr.properties["openslide.vendor"] == "aperio"
     assert (tmp_path / "run" / "results/synthetic/raw/annotations/syn_002.geojson").exists()
+
+
+def test_tissue_field_lookup_takes_more_points_than_opencv_maps_allow():
+    """A scan-sized slide has hundreds of thousands of stroma nuclei; cv2.remap maps must stay under 32767 px a
+    side, so the lookup must give the same values for many points as for few."""
+    from msamil.slides.synthetic_layout import Layout
+    from msamil.slides.synthetic_scene import _Compartments
+
+    field = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    layout = Layout.__new__(Layout)
+    object.__setattr__(layout, "tissue_field", field)
+    object.__setattr__(layout, "width", 50_000)
+    object.__setattr__(layout, "height", 40_000)
+    comp = _Compartments.__new__(_Compartments)
+    comp.layout = layout
+    pts = np.random.default_rng(1).uniform(0, 40_000, (70_000, 2))
+    many = comp._field_at(pts)
+    few = np.concatenate([comp._field_at(pts[i:i + 1000]) for i in range(0, len(pts), 1000)])
+    assert many.shape == (70_000,) and np.array_equal(many, few)

@@ -111,9 +111,12 @@ class _Compartments:
         """The tissue field (bilinear, as the renderer samples it) at many points."""
         lay = self.layout
         sy, sx = lay.tissue_field.shape[0] / lay.height, lay.tissue_field.shape[1] / lay.width
-        mx = ((pts[:, 0] + 0.5) * sx - 0.5).astype(np.float32)[None, :]
-        my = ((pts[:, 1] + 0.5) * sy - 0.5).astype(np.float32)[None, :]
-        return cv2.remap(lay.tissue_field, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+        n, row = len(pts), 4096  # cv2.remap maps must stay under 32767 px a side: points go in rows of 4096
+        pad = -n % row
+        mx = np.pad(((pts[:, 0] + 0.5) * sx - 0.5).astype(np.float32), (0, pad)).reshape(-1, row)
+        my = np.pad(((pts[:, 1] + 0.5) * sy - 0.5).astype(np.float32), (0, pad)).reshape(-1, row)
+        field = cv2.remap(lay.tissue_field, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return field.reshape(-1)[:n]
 
 
 def _lesion_kind(rng: np.random.Generator, pts: np.ndarray, atypical: bool, mpp: float) -> Nuclei:
