@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from results_md import update_section
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's msamil, whichever one the environment has installed
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-START, END = "<!-- bench_dag:start -->", "<!-- bench_dag:end -->"
 #: The last commit with the old DAG (slides.tsv input of every tissue/cache job, every cache an input of every
 #: training job): main before the per-slide inspect jobs landed.
 OLD_REF = "d497645"
@@ -188,19 +188,10 @@ def report(results: dict[str, list[dict[str, float]]], n: int, ref: str | None) 
     if "old" in results:
         old, new = _best(results["old"]), _best(results["new"])
         lines += ["", f"Ratio new / old: wall {new['wall_s'] / old['wall_s']:.2f}, CPU "
-                  f"{new['cpu_s'] / old['cpu_s']:.2f}. The new plan has no per-slide `features` jobs until the "
-                  "`slides` checkpoint has run (baseline jobs list them through it), hence fewer jobs."]
+                  f"{new['cpu_s'] / old['cpu_s']:.2f}. The new plan has no per-slide `features` jobs (removed in "
+                  "issue 14), hence fewer jobs."]
     lines += ["", f"Reproduce: `.venv/bin/python benchmarks/bench_dag.py --slides {n}`"]
     return "\n".join(lines)
-
-
-def write_results(section: str) -> None:
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text()
-    block = f"{START}\n{section}\n{END}"
-    text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S) \
-        if START in text else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -215,7 +206,7 @@ def main() -> None:
     section = report(results, args.slides, ref)
     print(section)
     if not args.no_write:
-        write_results(section)
+        update_section("bench_dag", section)
 
 
 if __name__ == "__main__":

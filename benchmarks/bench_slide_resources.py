@@ -25,7 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-START, END = "<!-- bench_slide_resources:start -->", "<!-- bench_slide_resources:end -->"
 TISSUE = {"seg_mpp": 8.0}  # msamil.tissue.detect.TISSUE_DEFAULTS otherwise
 CACHE = {"mpp_20x": 0.5, "patch_px": 256, "tissue_min": {"20x": 0.5, "10x": 0.25, "5x": 0.1}, "encoding": "jpeg",
          "jpeg_quality": 90}
@@ -95,15 +94,6 @@ def report(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(section: str) -> None:
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text()
-    block = f"{START}\n{section}\n{END}"
-    text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S) \
-        if START in text else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[2048, 4096, 8192])
@@ -112,7 +102,9 @@ def main() -> None:
     section = report(measure(args.sides))
     print(section)
     if not args.no_write:
-        write_results(section)
+        from results_md import update_section  # benchmarks/ is on sys.path when run as a script
+
+        update_section("bench_slide_resources", section)
 
 
 if __name__ == "__main__":
