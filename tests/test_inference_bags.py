@@ -3,8 +3,6 @@ prediction depends neither on the order the patches arrive in nor, beyond a stat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ import torch
 from msamil.cache.bags import balanced_shares
 from msamil.models import MsaMILNet
 from msamil.training.inference import inference_bags, predict_slide
+from tests.test_train import Bag
 
 torch.set_num_threads(1)
 
@@ -24,14 +23,6 @@ BAG = 24
 SEED_TOLERANCE = 0.05
 
 
-@dataclass
-class Bag:
-    imgs: np.ndarray
-    coords: np.ndarray
-    scale_idx: np.ndarray
-    index: np.ndarray
-    width: int
-    height: int
 
 
 class Reader:
