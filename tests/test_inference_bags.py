@@ -9,7 +9,7 @@ import torch
 
 from msamil.cache.bags import balanced_shares
 from msamil.models import MsaMILNet
-from msamil.training.inference import inference_bags, predict_slide
+from msamil.training.inference import inference_bags, policy, predict_slide
 from tests.test_train import Bag
 
 torch.set_num_threads(1)
@@ -39,10 +39,23 @@ class Reader:
         self.imgs[:6] = 255
         self.order = np.arange(n) if order is None else np.asarray(order)
 
+    def __len__(self) -> int:
+        return len(self.order)
+
     def chunks(self, size: int):
         for a in range(0, len(self.order), size):
-            sel = self.order[a:a + size]
-            yield Bag(self.imgs[sel], self.coords[sel], self.scale[sel], self.index[sel], 2560, 2560)
+            yield self.bag(np.arange(a, min(a + size, len(self.order))))
+
+    def bag(self, flat: np.ndarray):
+        sel = self.order[flat]
+        return Bag(self.imgs[sel], self.coords[sel], self.scale[sel], self.index[sel], 2560, 2560)
+
+    def sample_positions(self, n: int, rng: np.random.Generator, balanced: bool = False) -> np.ndarray:
+        """BagReader's balanced draw (this reader's positions are scale-grouped when `order` is the identity)."""
+        starts = np.concatenate([[0], np.cumsum(COUNTS)])
+        take = balanced_shares(np.array(COUNTS), n)
+        return np.concatenate([starts[k] + np.sort(rng.choice(c, int(t), replace=False))
+                               for k, (c, t) in enumerate(zip(COUNTS, take, strict=True)) if t])
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +116,22 @@ def test_prediction_depends_on_the_draw_seed_less_than_the_stated_tolerance(mode
           f"inference (>= 8 covering bags) {averaged.min():.3f}..{averaged.max():.3f}")
     assert np.ptp(one_bag) > 2 * SEED_TOLERANCE  # single draws do disagree: the averaging is what bounds it
     assert np.ptp(averaged) < SEED_TOLERANCE
+
+
+def test_validation_embeds_a_seeded_balanced_draw_of_val_bags_bags(model):
+    """val_bags: validation reads val_bags * bag_size patches (scale-balanced, same draw every epoch) and averages
+    val_bags bags over them, instead of embedding every patch of the slide each epoch."""
+    cfg = {"bag_size": BAG, "infer_bags": 8, "scale_balanced": True, "val_bags": 2}
+    val = policy(cfg, 0, 0, "s", validation=True)
+    assert (val["min_bags"], val["max_patches"]) == (2, 2 * BAG)
+    assert "max_patches" not in policy(cfg, 0, 0, "s")  # test inference still covers every patch
+    assert "max_patches" not in policy({**cfg, "val_bags": None}, 0, 0, "s", validation=True)
+    out = predict_slide(model, Reader(), torch.device("cpu"), 32, 16, "s", **val)
+    assert len(out["attention"]) == 2 * BAG < sum(COUNTS)
+    assert np.bincount(out["scale_idx"], minlength=3).tolist() == balanced_shares(np.array(COUNTS), 2 * BAG).tolist()
+    # bags of [10, 10, 4] over the [22, 22, 4] drawn: 3 bags cover them (at least val_bags)
+    assert int(out["n_bags"]) == 3 and (out["attention"] > 0).all()
+    again = predict_slide(model, Reader(), torch.device("cpu"), 32, 7, "s", **val)
+    np.testing.assert_allclose(again["logits"], out["logits"], rtol=0, atol=1e-6)  # the same draw every epoch
+    full = predict_slide(model, Reader(), torch.device("cpu"), 32, 16, "s", **{**val, "max_patches": 10_000})
+    np.testing.assert_array_equal(full["logits"], _predict(model, Reader(), seed=val["seed"], min_bags=2)[1]["logits"])

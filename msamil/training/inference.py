@@ -82,17 +82,22 @@ def inference_bags(scale_idx: np.ndarray, bag_size: int, rng: np.random.Generato
 @torch.no_grad()
 def predict_slide(model: MsaMILNet, reader: Any, device: torch.device, input_px: int, chunk: int,
                   slide: str = "?", *, bag_size: int, min_bags: int = 8, seed: int = 0,
-                  balanced: bool = True) -> dict[str, np.ndarray]:
+                  balanced: bool = True, max_patches: int | None = None) -> dict[str, np.ndarray]:
     """A slide's prediction under the training bag policy (module docstring).
+
+    `max_patches` (validation): embed only a seeded, scale-balanced draw of that many patches instead of every
+    selected one. Model selection needs a stable estimate per slide each epoch, not full coverage, and embedding
+    every patch of every validation slide each epoch cost as much as the epoch's training.
 
     Returns `logits` = log of the bag-averaged probabilities (softmax gives them back), and per patch (canonical
     order: scale, then cache index) `coords`, `scale_idx`, `index` and `attention`: its mean attention over the
     bags that held it (within a bag attention sums to 1), plus `n_bags`.
     """
     prepare = partial(prepare_input, input_px=input_px, device=device)
+    rng = np.random.default_rng(seed)
     embs, coords, scales, index = [], [], [], []
     extent = (1.0, 1.0)
-    for bag in reader.chunks(chunk):
+    for bag in _read_chunks(reader, chunk, max_patches, rng, balanced):
         if len(bag.imgs) == 0:
             continue
         with autocast(device):
@@ -109,7 +114,7 @@ def predict_slide(model: MsaMILNet, reader: Any, device: torch.device, input_px:
     c, s, idx = np.concatenate(coords)[canon], s[canon], idx[canon]
     emb = torch.cat(embs)[torch.as_tensor(canon, device=device)]
     c_t, s_t = torch.as_tensor(c, device=device), torch.as_tensor(s, device=device)
-    bags = inference_bags(s, int(bag_size), np.random.default_rng(seed), min_bags, balanced)
+    bags = inference_bags(s, int(bag_size), rng, min_bags, balanced)
     probs = []
     attn_sum = np.zeros(len(s), dtype=np.float64)
     attn_n = np.zeros(len(s), dtype=np.int64)
@@ -126,8 +131,24 @@ def predict_slide(model: MsaMILNet, reader: Any, device: torch.device, input_px:
             "index": idx, "n_bags": np.asarray(len(bags))}
 
 
-def policy(train_cfg: dict[str, Any], seed: int, fold: int, slide: str) -> dict[str, Any]:
+def _read_chunks(reader: Any, chunk: int, max_patches: int | None, rng: np.random.Generator,
+                 balanced: bool) -> Any:
+    """Every selected patch in chunks, or (with `max_patches` below the slide's count) one seeded draw of them."""
+    if max_patches is None or len(reader) <= max_patches:
+        yield from reader.chunks(chunk)
+        return
+    pos = reader.sample_positions(int(max_patches), rng, balanced)
+    for a in range(0, len(pos), chunk):
+        yield reader.bag(pos[a:a + chunk])
+
+
+def policy(train_cfg: dict[str, Any], seed: int, fold: int, slide: str, validation: bool = False) -> dict[str, Any]:
     """predict_slide's bag-policy arguments for one slide of a fold: the trainer's test predictions and
-    predict on new slides (msamil.predict.apply) draw the same bags from the same stream."""
-    return {"bag_size": int(train_cfg["bag_size"]), "min_bags": int(train_cfg.get("infer_bags", 8)),
-            "seed": stream_seed(seed, fold, f"infer/{slide}"), "balanced": bool(train_cfg.get("scale_balanced", False))}
+    predict on new slides (msamil.predict.apply) draw the same bags from the same stream. `validation` uses
+    `val_bags` bags on a draw of val_bags * bag_size patches, when set (per-epoch model selection)."""
+    out = {"bag_size": int(train_cfg["bag_size"]), "min_bags": int(train_cfg.get("infer_bags", 8)),
+           "seed": stream_seed(seed, fold, f"infer/{slide}"), "balanced": bool(train_cfg.get("scale_balanced", False))}
+    val_bags = train_cfg.get("val_bags")
+    if validation and val_bags:
+        out.update(min_bags=int(val_bags), max_patches=int(val_bags) * out["bag_size"])
+    return out

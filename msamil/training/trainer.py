@@ -295,7 +295,7 @@ class Trainer:
         for slide in self.split.slides[split]:
             with self.data.open(slide) as reader:
                 out = predict_slide(self.model, reader, self.device, self.input_px, chunk, slide,
-                                    **policy(self.tcfg, self.seed, self.fold, slide))
+                                    **policy(self.tcfg, self.seed, self.fold, slide, validation=split == "val"))
             out["slide"] = slide
             outs.append(out)
             probs.append(torch.softmax(torch.as_tensor(out["logits"]), dim=0).numpy())
