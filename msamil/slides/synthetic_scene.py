@@ -103,7 +103,7 @@ class _Compartments:
             return np.zeros(0, bool)
         keep = (self._field_at(pts) > 0.02) & ~self.in_lesion(pts)
         if margin_um > 0 and self.shapes and keep.any():
-            near = shapely.unary_union(self.shapes).buffer(margin_um / self.layout.mpp)
+            near = _union(self.shapes).buffer(margin_um / self.layout.mpp)
             keep &= ~shapely.contains_xy(near, pts[:, 0], pts[:, 1])
         return keep
 
@@ -188,3 +188,12 @@ def _decoy_nuclei(rng: np.random.Generator, comp: _Compartments, mpp: float) -> 
         pts.append(np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)]))
     pts_all = np.concatenate(pts) if pts else np.zeros((0, 2))
     return _lesion_kind(rng, pts_all[comp.in_stroma(pts_all)] if len(pts_all) else pts_all, True, mpp)
+
+
+def _union(shapes: list[shapely.Polygon]) -> shapely.Geometry:
+    """The union of lesion outlines. A traced outline can touch itself (GEOS: "side location conflict"); such a
+    set is repaired with make_valid and unioned again, while valid sets keep the plain union (same slides)."""
+    try:
+        return shapely.unary_union(shapes)
+    except shapely.errors.GEOSException:
+        return shapely.unary_union([shapely.make_valid(s) for s in shapes])
