@@ -90,7 +90,7 @@ rule tables:
 
 rule fig2_sffm:
     input:
-        unpack(AGG.fig2_inputs),
+        unpack(after_checkpoint(AGG.fig2_inputs, unpacked=True)),
     output:
         png=report(
             f"{FIGURES}/fig2_sffm.png",
@@ -211,7 +211,7 @@ rule roc_curves:
 
 rule attention_heatmaps:
     input:
-        unpack(AGG.attention_inputs),
+        unpack(after_checkpoint(AGG.attention_inputs, unpacked=True)),
     output:
         png=report(
             f"{FIGURES}/attention_{{dataset}}.png",

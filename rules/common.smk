@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 from snakemake.common import overwrite_function_params
+from snakemake.exceptions import IncompleteCheckpointException
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -73,6 +74,26 @@ def per_job(func):
     which its path helpers use the same way)."""
     overwrite_function_params(func, inspect.signature(func).parameters)
     return func
+
+
+def after_checkpoint(func, unpacked=False):
+    """Input function `func`, which reads a checkpoint's output, planned the way Snakemake plans it while that
+    checkpoint is pending (the checkpoint's output stands in as the job's only input, and the job is planned again
+    once the checkpoint has run), without Snakemake's marker for an incomplete input: with that marker, every
+    postprocessing pass over the DAG runs twice (Dag.update_incomplete_input_expand_jobs), which with thousands
+    of per-slide jobs cost a sixth of a 2,000-slide dry run (benchmarks/bench_dag.py). `unpacked`: `func` returns
+    a dict for unpack(). No functools.wraps: Snakemake would then pass `_inputs` what `func`'s signature asks.
+    """
+
+    def _inputs(wildcards):
+        try:
+            return func(wildcards)
+        except IncompleteCheckpointException as pending:
+            return (
+                {"checkpoint": pending.targetfile} if unpacked else pending.targetfile
+            )
+
+    return _inputs
 
 
 PREDICT = config.get("predict", {})

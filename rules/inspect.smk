@@ -33,7 +33,7 @@ rule inspect_slide:
 
 checkpoint inspect:
     input:
-        all_decisions,
+        after_checkpoint(all_decisions),
     output:
         slides=f"{RESULTS}/{{dataset}}/inspect/slides.tsv",
         excluded=f"{RESULTS}/{{dataset}}/inspect/excluded.tsv",
@@ -59,7 +59,7 @@ checkpoint slides:
     input:
         slides=f"{RESULTS}/{{dataset}}/inspect/slides.tsv",
         excluded=f"{RESULTS}/{{dataset}}/inspect/excluded.tsv",
-        caches=passed_caches,
+        caches=after_checkpoint(passed_caches),
     output:
         slides=f"{RESULTS}/{{dataset}}/slides.tsv",
         excluded=f"{RESULTS}/{{dataset}}/excluded.tsv",

@@ -24,27 +24,13 @@ import cv2
 import numpy as np
 
 from msamil.slides.slide import Slide, scaled_size
+from msamil.tissue.settings import TISSUE_DEFAULTS  # defined there so planning needs no cv2
 from msamil.tissue.stain import NOISE_MARGIN, glass_colour, glass_noise, luma, smooth, stain_od
 from msamil.util.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
 QC_MAX_PX = 1024  # longest side of QC overlays
-
-#: the tissue settings every stage uses when config gives none (config.yaml mirrors them)
-TISSUE_DEFAULTS: dict[str, Any] = {
-    "seg_mpp": 8.0,
-    "smooth_um": 8.0,
-    "threshold": 0.01,
-    "seed_threshold": 0.04,
-    "close_um": 64.0,
-    "min_fragment_area_um2": 5000.0,
-    "fragment_area_ratio": 0.01,
-    "min_tissue_area_um2": 50000.0,
-    "min_hole_area_um2": 20000.0,
-    "edge_fraction": 0.35,
-}
-
 
 def _odd_kernel(um: float, mpp: float) -> int:
     """An odd pixel size for a length in µm (0 when it is below 3 px, i.e. the step is skipped)."""

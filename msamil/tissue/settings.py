@@ -12,7 +12,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from msamil.errors import ConfigError
-from msamil.tissue.detect import TISSUE_DEFAULTS
+
+#: the tissue settings every stage uses when config gives none (config.yaml mirrors them)
+TISSUE_DEFAULTS: dict[str, Any] = {
+    "seg_mpp": 8.0,
+    "smooth_um": 8.0,
+    "threshold": 0.01,
+    "seed_threshold": 0.04,
+    "close_um": 64.0,
+    "min_fragment_area_um2": 5000.0,
+    "fragment_area_ratio": 0.01,
+    "min_tissue_area_um2": 50000.0,
+    "min_hole_area_um2": 20000.0,
+    "edge_fraction": 0.35,
+}
 
 
 def merge_tissue(*sections: Mapping[str, Any] | None, where: str = "tissue") -> dict[str, Any]:
@@ -35,4 +48,4 @@ def tissue_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
                         where=f"tissue / dataset_config.{dataset}.tissue")
 
 
-__all__ = ["merge_tissue", "tissue_settings"]
+__all__ = ["TISSUE_DEFAULTS", "merge_tissue", "tissue_settings"]
