@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msamil.reporting.readme import END, START, demo_section, update_readme
+from msamil.reporting.readme import END, START, demo_section, main, update_readme
 
 
 def write_tables(results, with_comparisons: bool = True) -> None:
@@ -38,3 +38,16 @@ def test_tables_of_an_older_run_are_refused_with_the_fix(tmp_path):
     write_tables(results, with_comparisons=False)
     with pytest.raises(SystemExit, match="comparisons.md"):
         demo_section(results, tmp_path / "docs", "roc_synthetic", tmp_path)
+
+
+def test_benchmark_block_is_filled_and_the_demo_block_left_alone(tmp_path):
+    results = tmp_path / "bench_results"
+    write_tables(results)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\nDEMO-BLOCK\n{END}\n<!-- benchmark-results:start -->\nSTALE\n"
+                      "<!-- benchmark-results:end -->\n")
+    main(["--block", "benchmark", "--results", str(results), "--readme", str(readme),
+          "--docs", str(tmp_path / "docs" / "benchmark")])
+    text = readme.read_text()
+    assert "DEMO-BLOCK" in text and "STALE" not in text and "**0.9**" in text
+    assert "](docs/benchmark/roc_synthetic.png)" in text
