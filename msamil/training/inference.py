@@ -20,6 +20,7 @@ bf16 autocast on CUDA only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -132,7 +133,7 @@ def predict_slide(model: MsaMILNet, reader: Any, device: torch.device, input_px:
 
 
 def _read_chunks(reader: Any, chunk: int, max_patches: int | None, rng: np.random.Generator,
-                 balanced: bool) -> Any:
+                 balanced: bool) -> Iterator[Any]:
     """Every selected patch in chunks, or (with `max_patches` below the slide's count) one seeded draw of them."""
     if max_patches is None or len(reader) <= max_patches:
         yield from reader.chunks(chunk)
