@@ -231,17 +231,6 @@ def usable_slides(dataset):
     return _read_ids(path, os.path.getmtime(path))
 
 
-def per_slide(pattern):
-    """Input function expanding `pattern` over the usable slides of the job's dataset."""
-
-    def _inputs(wildcards):
-        return expand(
-            pattern, dataset=wildcards.dataset, slide=usable_slides(wildcards.dataset)
-        )
-
-    return _inputs
-
-
 def dataset_targets(dataset):
     """Everything `all` builds for one dataset. Per-slide files are inputs of slides.tsv, so they are not listed
     here: thousands of targets would only slow down planning."""
