@@ -225,12 +225,6 @@ def passed_inspection(dataset):
     return _read_ids(path, os.path.getmtime(path))
 
 
-def usable_slides(dataset):
-    """Slides of the final slides.tsv (inspected and cached); evaluating this waits for the `slides` gather."""
-    path = checkpoints.slides.get(dataset=dataset).output.slides
-    return _read_ids(path, os.path.getmtime(path))
-
-
 def dataset_targets(dataset):
     """Everything `all` builds for one dataset. Per-slide files are inputs of slides.tsv, so they are not listed
     here: thousands of targets would only slow down planning."""
