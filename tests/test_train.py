@@ -47,15 +47,21 @@ class FakeReader:
         self.index = np.arange(len(keep))[keep]
         self.width, self.height = int(data["width"]), int(data["height"])
 
-    def _bag(self, sel):
+    def __len__(self):
+        return len(self.imgs)
+
+    def bag(self, sel):
         return Bag(self.imgs[sel], self.coords[sel], self.scale[sel], self.index[sel], self.width, self.height)
 
+    def sample_positions(self, n, rng, balanced=False):
+        return np.sort(rng.choice(len(self.imgs), size=min(n, len(self.imgs)), replace=False))
+
     def sample(self, n, rng, balanced=False):
-        return self._bag(np.sort(rng.choice(len(self.imgs), size=min(n, len(self.imgs)), replace=False)))
+        return self.bag(self.sample_positions(n, rng, balanced))
 
     def chunks(self, size):
         for i in range(0, len(self.imgs), size):
-            yield self._bag(np.arange(i, min(i + size, len(self.imgs))))
+            yield self.bag(np.arange(i, min(i + size, len(self.imgs))))
 
 
 def make_dataset(root: Path, n_slides: int = 8, n_patches: int = 12, px: int = 16) -> dict:
