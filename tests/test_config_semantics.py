@@ -162,3 +162,19 @@ def test_config_runs_the_papers_architecture(name):
         fmap = msfem.backbone(torch.zeros(1, 3, px, px))
     assert fmap.shape[-2] >= 2 and fmap.shape[-1] >= 2, fmap.shape
     assert msfem.grid == fmap.shape[-1]  # the grid the position embedding is learned on is the real one
+
+
+def test_a_methods_train_override_changes_only_the_keys_it_names(tmp_path):
+    """Schema defaults must not be injected into `methods.<m>.train`: the override is merged over the global train
+    section, so an injected default (val_bags: null once) silently replaced the global value for that method."""
+    from msamil.config import method_settings
+
+    defs = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["$defs"]
+    for section in ("train", "model"):  # the sections a method overrides
+        assert not [k for k, v in defs[section]["properties"].items() if "default" in v], section
+    cfg = write_config(tmp_path, {"methods": {"m": {"kind": "msamil", "train": {"patience": 20}}},
+                                  "train": {**load_default_config()["train"], "val_bags": 3}})
+    resolved, _ = resolve(REPO, tmp_path / "run", "--configfile", str(cfg))
+    assert resolved["methods"]["m"]["train"] == {"patience": 20}
+    train = method_settings(resolved, "m")["train"]
+    assert (train["patience"], train["val_bags"]) == (20, 3)
