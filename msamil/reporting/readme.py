@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from msamil.util.atomic import write_text
+
 BLOCKS = ("demo", "benchmark")
 
 
@@ -69,7 +71,7 @@ def update_readme(readme: Path, section: str, block: str = "demo") -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise SystemExit(f"{readme}: no {start} ... {end} block to replace")
-    readme.write_text(pattern.sub(lambda _: section, text))
+    write_text(readme, pattern.sub(lambda _: section, text))  # a kill mid-write never truncates the README
 
 
 def main(argv: list[str] | None = None) -> None:
